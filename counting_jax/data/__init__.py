@@ -1,0 +1,85 @@
+"""Data sets as tensorflow-datasets builders over manually downloaded files.
+
+``DATASETS`` maps a name to (builder class, default manual directory or
+None). :func:`load` prepares the array_record files on first use
+(TensorFlow-free) and returns a random-access source of samples
+(``counting_jax.data.sample``), ready for grain.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import tensorflow_datasets as tfds
+
+from counting_jax.data import vgg_cells
+from counting_jax.data.builders.vgg_cells import VggCells
+
+DATASETS = {
+    "vgg_cells": (VggCells, vgg_cells.DEFAULT_ROOT),
+}
+
+__all__ = ["DATASETS", "builder", "load", "default_data_dir"]
+
+
+def default_data_dir() -> str:
+  """``$COUNTING_JAX_DATA_DIR`` or ``~/tensorflow_datasets``."""
+  return os.environ.get("COUNTING_JAX_DATA_DIR",
+                        str(pathlib.Path.home() / "tensorflow_datasets"))
+
+
+def builder(name: str, *, data_dir=None, manual_dir=None):
+  """The prepared builder of data set ``name``.
+
+  Args:
+    name: a key of ``DATASETS``.
+    data_dir: where prepared array_record files live (default
+      :func:`default_data_dir`).
+    manual_dir: the user's downloaded files (default: the data set's own, e.g.
+      the shipped VGG cells copy).
+
+  Raises:
+    ValueError: for an unknown name.
+    AssertionError (from tfds): when ``manual_dir`` is missing or empty; the
+      message repeats the data set's MANUAL_DOWNLOAD_INSTRUCTIONS.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown data set {name!r}; valid: {sorted(DATASETS)}")
+  cls, default_manual = DATASETS[name]
+  data_dir = str(data_dir or default_data_dir())
+  manual_dir = manual_dir or default_manual
+  b = cls(data_dir=data_dir, file_format="array_record")
+  if not b.is_prepared():
+    config = tfds.download.DownloadConfig(
+        manual_dir=None if manual_dir is None else str(manual_dir))
+    b.download_and_prepare(download_config=config)
+  return b
+
+
+def load(name: str, split: str, *, data_dir=None, manual_dir=None):
+  """Random-access source of the samples of ``name``/``split``.
+
+  Returns a sequence (``len``, ``__getitem__``) of sample dicts with numpy
+  values; text fields are ``str``. Splits accept tfds slicing
+  (``"train[:32]"``).
+  """
+  b = builder(name, data_dir=data_dir, manual_dir=manual_dir)
+  return _Decoded(b.as_data_source(split))
+
+
+class _Decoded:
+  """Wraps a tfds data source: bytes text fields -> str."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    ex = dict(self._source[index])
+    for key in ("class_name", "image_id"):
+      if isinstance(ex.get(key), bytes):
+        ex[key] = ex[key].decode("utf-8")
+    return ex

@@ -1,0 +1,159 @@
+"""From a random-access source of samples to fixed-shape batches.
+
+Training: source -> (cache) -> shuffle per epoch -> augment (random_map, one
+seeded generator per element) -> pad points -> batch -> normalise. The result
+is a grain ``MapDataset`` of batches indexed by step: ``ds[step]`` is always
+the same batch for the same seed, which makes resumed runs see exactly the
+data an uninterrupted run would.
+
+Batches are dicts of numpy arrays with static shapes:
+``image`` float32 [B, H, W, 3] (normalised), ``points`` float32 [B, N, 2]
+(x, y) input pixels, ``point_mask`` bool [B, N] (padded rows are zero),
+``count`` float32 [B] and ``image_id`` str [B].
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from counting_jax.data import transforms
+
+__all__ = ["pad_points", "normalize", "train_dataset", "eval_batches",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pad_points(sample, max_points: int):
+  """Adds ``point_mask`` and pads ``points`` to [max_points, 2] with zeros.
+
+  Raises:
+    ValueError: naming the image when it has more than ``max_points`` points
+      (points are never dropped silently; raise ``max_points``).
+  """
+  pts = sample["points"]
+  n = len(pts)
+  if n > max_points:
+    raise ValueError(f"{sample.get('image_id', '?')}: {n} points exceed "
+                     f"max_points={max_points}; raise max_points")
+  padded = np.zeros((max_points, 2), np.float32)
+  padded[:n] = pts
+  mask = np.zeros((max_points,), bool)
+  mask[:n] = True
+  out = {k: v for k, v in sample.items() if k not in ("boxes", "class_name")}
+  out.update(points=padded, point_mask=mask, count=np.float32(n))
+  return out
+
+
+def normalize(image, mean, std):
+  """uint8 [..., 3] -> float32 ((x / 255) - mean) / std."""
+  x = image.astype(np.float32) / 255.0
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def _finish(batch, mean, std):
+  batch = dict(batch)
+  batch["image"] = normalize(batch["image"], mean, std)
+  return batch
+
+
+def _augment(sample, rng, *, crop_size, flip, vflip, scale_range,
+             pad_multiple):
+  if scale_range is not None:
+    sample = transforms.random_rescale(sample, scale_range, rng)
+  if crop_size is not None:
+    sample = transforms.random_crop(sample, crop_size, rng)
+  sample = transforms.random_flip(sample, rng, horizontal=flip,
+                                  vertical=vflip)
+  return transforms.pad_to_multiple(sample, pad_multiple)
+
+
+def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
+                  indices: Sequence[int] | None = None, crop_size=None,
+                  flip: bool = True, vflip: bool = False, scale_range=None,
+                  pad_multiple: int = 1, mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD, cache: bool = True) -> grain.MapDataset:
+  """An endless grain MapDataset of training batches; ``ds[step]`` is the
+  batch of that step.
+
+  Args:
+    source: random-access samples (``counting_jax.data.load``).
+    batch_size: images per batch (global batch on one host).
+    max_points: static point capacity per image (see :func:`pad_points`).
+    seed: shuffling and augmentation seed.
+    indices: subset of ``source`` to train on (default all).
+    crop_size: (h, w) random crop in input pixels, or None for full images
+      (then all images must share one size).
+    flip, vflip: random horizontal / vertical flips.
+    scale_range: (lo, hi) random rescale factor, or None.
+    pad_multiple: pad H, W up to a multiple of this (model down-sampling).
+    mean, std: per-channel normalisation of x / 255.
+    cache: hold the decoded samples in memory (small data sets).
+  """
+  indices = list(range(len(source))) if indices is None else list(indices)
+  if not indices:
+    raise ValueError("train_dataset: no training images (indices is empty)")
+  if cache:
+    ds = grain.MapDataset.source([source[i] for i in indices])
+  else:
+    ds = grain.MapDataset.source(_Subset(source, indices))
+  if len(indices) < batch_size:
+    ds = ds.repeat(-(-batch_size // len(indices)))
+  augment = functools.partial(
+      _augment, crop_size=None if crop_size is None else tuple(crop_size),
+      flip=flip, vflip=vflip, scale_range=scale_range,
+      pad_multiple=pad_multiple)
+  ds = (ds.shuffle(seed=seed).repeat(None)
+        .random_map(augment, seed=seed + 1)
+        .map(functools.partial(pad_points, max_points=max_points))
+        .batch(batch_size, drop_remainder=True)
+        .map(functools.partial(_finish, mean=mean, std=std)))
+  return ds
+
+
+class _Subset:
+  """Random access to ``source[indices[i]]``."""
+
+  def __init__(self, source, indices):
+    self._source, self._indices = source, list(indices)
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    return self._source[self._indices[i]]
+
+
+def eval_batches(source, *, batch_size: int, pad_multiple: int = 1,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, indices=None):
+  """Yields full-resolution evaluation batches in source order.
+
+  Consecutive images are batched while they share a size (each batch is
+  padded to the largest point count in it, rounded up to a multiple of 64 to
+  limit recompilation); images are zero-padded at the bottom/right to
+  ``pad_multiple`` (padding carries no density and no points).
+  """
+  indices = range(len(source)) if indices is None else indices
+  pending = []
+
+  def flush():
+    n_max = max(len(s["points"]) for s in pending)
+    cap = max(64, -(-n_max // 64) * 64)
+    items = [pad_points(s, cap) for s in pending]
+    batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
+    pending.clear()
+    return _finish(batch, mean, std)
+
+  for i in indices:
+    s = transforms.pad_to_multiple(source[i], pad_multiple)
+    if pending and (s["image"].shape != pending[0]["image"].shape
+                    or len(pending) == batch_size):
+      yield flush()
+    pending.append(s)
+  if pending:
+    yield flush()

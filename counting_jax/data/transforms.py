@@ -1,0 +1,127 @@
+"""Sample transforms that move points together with the pixels.
+
+Each transform maps a sample dict (``counting_jax.data.sample``) to a new one
+and is exact in the continuous pixel convention of ``counting_jax.grid``
+(pixel (r, c) spans [c, c+1) x [r, r+1)): a point on pixel (r, c) before the
+transform lies on the pixel that pixel (r, c) moved to afterwards. Random
+transforms take a ``numpy.random.Generator`` (grain's ``random_map`` passes
+one seeded per element), so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["crop", "random_crop", "hflip", "vflip", "random_flip", "resize",
+           "random_rescale", "pad_to_size", "pad_to_multiple"]
+
+
+def _with(sample, **fields):
+  out = dict(sample)
+  out.update(fields)
+  return out
+
+
+def crop(sample, top: int, left: int, height: int, width: int):
+  """Crops [top, top+height) x [left, left+width); points outside are removed
+  (they are outside the new image), boxes are clipped and empty ones removed.
+  """
+  h, w = sample["image"].shape[:2]
+  if not (0 <= top and top + height <= h and 0 <= left and left + width <= w):
+    raise ValueError(f"{sample.get('image_id', '?')}: crop {(top, left, height, width)} "
+                     f"outside the {h}x{w} image")
+  image = sample["image"][top:top + height, left:left + width]
+  pts = sample["points"] - np.array([left, top], np.float32)
+  keep = ((pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0)
+          & (pts[:, 1] < height))
+  boxes = sample["boxes"] - np.array([left, top, left, top], np.float32)
+  boxes = np.clip(boxes, 0, np.array([width, height, width, height],
+                                     np.float32))
+  boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+  return _with(sample, image=np.ascontiguousarray(image), points=pts[keep],
+               boxes=boxes)
+
+
+def random_crop(sample, size, rng: np.random.Generator):
+  """Uniformly placed crop of ``size`` (h, w); images smaller than ``size``
+  are first zero-padded at the bottom/right (points unchanged)."""
+  ch, cw = size
+  sample = pad_to_size(sample, max(ch, sample["image"].shape[0]),
+                       max(cw, sample["image"].shape[1]))
+  h, w = sample["image"].shape[:2]
+  top = int(rng.integers(0, h - ch + 1))
+  left = int(rng.integers(0, w - cw + 1))
+  return crop(sample, top, left, ch, cw)
+
+
+def hflip(sample):
+  """Mirrors left-right: x -> W - x (pixel c -> W - 1 - c)."""
+  w = sample["image"].shape[1]
+  pts = sample["points"].copy()
+  pts[:, 0] = w - pts[:, 0]
+  b = sample["boxes"].copy()
+  b[:, [0, 2]] = w - sample["boxes"][:, [2, 0]]
+  return _with(sample, image=np.ascontiguousarray(sample["image"][:, ::-1]),
+               points=pts, boxes=b)
+
+
+def vflip(sample):
+  """Mirrors top-bottom: y -> H - y."""
+  h = sample["image"].shape[0]
+  pts = sample["points"].copy()
+  pts[:, 1] = h - pts[:, 1]
+  b = sample["boxes"].copy()
+  b[:, [1, 3]] = h - sample["boxes"][:, [3, 1]]
+  return _with(sample, image=np.ascontiguousarray(sample["image"][::-1]),
+               points=pts, boxes=b)
+
+
+def random_flip(sample, rng: np.random.Generator, *, horizontal: bool = True,
+                vertical: bool = False):
+  """Each asked-for flip (horizontal, vertical) with probability 1/2."""
+  if horizontal and rng.random() < 0.5:
+    sample = hflip(sample)
+  if vertical and rng.random() < 0.5:
+    sample = vflip(sample)
+  return sample
+
+
+def resize(sample, height: int, width: int):
+  """Bilinear resize to (height, width); points and boxes scaled by the exact
+  per-axis factors (W'/W, H'/H), so point counts never change."""
+  h, w = sample["image"].shape[:2]
+  if height <= 0 or width <= 0:
+    raise ValueError(f"resize to non-positive size {(height, width)}")
+  image = np.asarray(Image.fromarray(sample["image"]).resize(
+      (width, height), Image.BILINEAR))
+  sx, sy = width / w, height / h
+  pts = sample["points"] * np.array([sx, sy], np.float32)
+  boxes = sample["boxes"] * np.array([sx, sy, sx, sy], np.float32)
+  return _with(sample, image=image, points=pts, boxes=boxes)
+
+
+def random_rescale(sample, scale_range, rng: np.random.Generator):
+  """Resize by a factor drawn uniformly from ``scale_range`` (lo, hi)."""
+  lo, hi = scale_range
+  f = float(rng.uniform(lo, hi))
+  h, w = sample["image"].shape[:2]
+  return resize(sample, max(1, round(h * f)), max(1, round(w * f)))
+
+
+def pad_to_size(sample, height: int, width: int):
+  """Zero-pads at the bottom/right to (height, width); points unchanged."""
+  h, w = sample["image"].shape[:2]
+  if (h, w) == (height, width):
+    return sample
+  image = np.zeros((height, width, 3), np.uint8)
+  image[:h, :w] = sample["image"]
+  return _with(sample, image=image)
+
+
+def pad_to_multiple(sample, multiple: int):
+  """Zero-pads at the bottom/right so H and W are multiples of ``multiple``
+  (models need H, W divisible by their total down-sampling)."""
+  h, w = sample["image"].shape[:2]
+  return pad_to_size(sample, -(-h // multiple) * multiple,
+                     -(-w // multiple) * multiple)

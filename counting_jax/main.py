@@ -1,0 +1,74 @@
+"""The ``counting-jax`` command: train, eval, predict, convert.
+
+  counting-jax train   --config configs/cells.py --workdir runs/cells
+  counting-jax eval    --config configs/cells.py --workdir runs/cells
+  counting-jax predict --config configs/cells.py --workdir runs/cells \
+                       --images DIR --out DIR
+  counting-jax convert --checkpoint W.pth --model NAME --out DIR
+
+Config fields are overridden on the command line (``--config.total_steps=50``)
+and config files take arguments (``--config configs/cells.py:model=fcrn_a``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_COMMANDS = ("train", "eval", "predict", "convert")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder.")
+_IMAGES = flags.DEFINE_string("images", None, "predict: folder of images.")
+_OUT = flags.DEFINE_string("out", None, "predict: output folder.")
+
+
+def _main(command, argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  from counting_jax.train import loop, predict  # pylint: disable=g-import-not-at-top
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("--config and --workdir are required")
+  if command == "train":
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  elif command == "eval":
+    loop.evaluate(_CONFIG.value, _WORKDIR.value)
+  elif command == "predict":
+    if not _IMAGES.value or not _OUT.value:
+      raise app.UsageError("predict needs --images and --out")
+    predict.predict_folder(_CONFIG.value, _WORKDIR.value, _IMAGES.value,
+                           _OUT.value)
+
+
+def _config_root_on_path(argv):
+  """Config files import ``configs.common``: put the folder holding
+  ``configs/`` on sys.path."""
+  for i, arg in enumerate(argv):
+    value = None
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value:
+      path = pathlib.Path(value.split(":", 1)[0]).resolve()
+      sys.path.insert(0, str(path.parent.parent))
+
+
+def run():
+  argv = list(sys.argv)
+  if len(argv) < 2 or argv[1] not in _COMMANDS:
+    print(__doc__)
+    sys.exit(2)
+  command = argv.pop(1)
+  if command == "convert":
+    from counting_jax.convert import cli  # pylint: disable=g-import-not-at-top
+    sys.exit(cli.main(argv[1:]))
+  _config_root_on_path(argv)
+  app.run(lambda a: _main(command, a), argv=argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,112 @@
+"""Layers that behave exactly like their PyTorch counterparts (NHWC).
+
+Used by the backbones and the crowd counters so that converted PyTorch
+weights give the same outputs:
+
+* ``conv``: ``nn.Conv`` with PyTorch's symmetric explicit padding (Flax
+  "SAME" pads (0, 1) for stride-2 3x3 convs on even inputs, PyTorch (1, 1)).
+* ``batch_norm``: ``nn.BatchNorm`` with PyTorch's epsilon 1e-5; ``momentum``
+  is Flax's (PyTorch momentum m is Flax momentum 1 - m).
+* ``resize_bilinear``: ``F.interpolate(mode='bilinear')`` with either
+  ``align_corners`` value, without antialiasing, as a product with two small
+  interpolation matrices (exact for up- and down-sampling).
+* ``upsample_nearest``: ``F.interpolate(scale_factor=k)`` (nearest), a repeat.
+* ``pixel_shuffle``: ``nn.PixelShuffle(r)``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "torch_default_init",
+    "conv",
+    "batch_norm",
+    "resize_bilinear",
+    "upsample_nearest",
+    "pixel_shuffle",
+    "check_image",
+]
+
+# PyTorch's default conv/linear weight init (kaiming_uniform, a=sqrt(5)) is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1 / (3 fan_in).
+torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = True,
+         dtype=jnp.float32, name: str | None = None,
+         kernel_init=nn.initializers.kaiming_normal()) -> nn.Conv:
+  """A square ``kernel`` conv padded by kernel // 2 on every side (PyTorch).
+
+  Returns an unbound ``nn.Conv`` (float32 params, ``dtype`` compute); call it
+  inside a compact method.
+  """
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
+                 dtype=dtype, kernel_init=kernel_init, name=name)
+
+
+def batch_norm(*, train: bool, momentum: float = 0.9, dtype=jnp.float32,
+               name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's eps; ``momentum`` in Flax's convention."""
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum,
+                      epsilon=1e-5, dtype=dtype, name=name)
+
+
+def _interp_matrix(n_out: int, n_in: int, align_corners: bool) -> np.ndarray:
+  """[n_out, n_in] float64 weights of 1-D linear interpolation (PyTorch)."""
+  out = np.arange(n_out, dtype=np.float64)
+  if align_corners:
+    src = out * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+  else:
+    src = np.maximum((out + 0.5) * (n_in / n_out) - 0.5, 0.0)
+  lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  mat = np.zeros((n_out, n_in))
+  np.add.at(mat, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(mat, (np.arange(n_out), hi), frac)
+  return mat
+
+
+def resize_bilinear(x, size: tuple[int, int], *, align_corners: bool):
+  """Bilinear resize of ``x`` [B, H, W, C] to ``size`` (h, w), as PyTorch.
+
+  Matches ``F.interpolate(x, size, mode='bilinear', align_corners=...)``
+  (no antialiasing), in ``x``'s dtype. ``F.upsample_bilinear`` (BL,
+  DM-Count) is ``align_corners=True``.
+  """
+  h, w = size
+  mh = jnp.asarray(_interp_matrix(h, x.shape[1], align_corners), x.dtype)
+  mw = jnp.asarray(_interp_matrix(w, x.shape[2], align_corners), x.dtype)
+  x = jnp.einsum("hH,bHWc->bhWc", mh, x)
+  return jnp.einsum("wW,bhWc->bhwc", mw, x)
+
+
+def upsample_nearest(x, factor: int):
+  """Nearest-neighbour upsampling of [B, H, W, C] by an integer factor."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def pixel_shuffle(x, r: int):
+  """``nn.PixelShuffle(r)`` in NHWC: [B, h, w, C r^2] -> [B, h r, w r, C].
+
+  PyTorch maps input channel c r^2 + i r + j to output channel c at
+  (h r + i, w r + j).
+  """
+  b, h, w, cr2 = x.shape
+  c = cr2 // (r * r)
+  x = x.reshape(b, h, w, c, r, r).transpose(0, 1, 4, 2, 5, 3)
+  return x.reshape(b, h * r, w * r, c)
+
+
+def check_image(image, multiple: int, name: str) -> None:
+  """Raises ``ValueError`` unless ``image`` is [B, H, W, 3], H, W % multiple == 0."""
+  if image.ndim != 4 or image.shape[-1] != 3:
+    raise ValueError(f"{name}: image must be [B, H, W, 3], got {image.shape}")
+  if image.shape[1] % multiple or image.shape[2] % multiple:
+    raise ValueError(f"{name}: image height and width must be multiples of "
+                     f"{multiple}, got {tuple(image.shape[1:3])}")

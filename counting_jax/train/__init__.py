@@ -1,0 +1,1 @@
+"""Training: state, optimiser, steps, sharding, checkpoints, logging, loop."""

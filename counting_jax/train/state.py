@@ -1,0 +1,37 @@
+"""The train state: a plain pytree that orbax saves and jit shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+__all__ = ["TrainState", "create_train_state"]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step int32 [], params, batch_stats (may be {}), opt_state, rng (raw
+  uint32 [2] key; per-step keys are ``fold_in(rng, step)``)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_train_state(model, tx, rng, image_shape) -> TrainState:
+  """Initialises ``model`` on zeros of ``image_shape`` [B, H, W, 3].
+
+  ``rng`` is a raw ``jax.random.PRNGKey``; the first half initialises the
+  parameters, the second seeds the per-step keys.
+  """
+  init_rng, step_rng = jax.random.split(rng)
+  variables = jax.jit(lambda r: model.init(
+      r, jnp.zeros(image_shape, jnp.float32), train=False))(init_rng)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), rng=step_rng)
