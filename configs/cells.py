@@ -6,6 +6,7 @@ Protocol (Lempitsky & Zisserman 2010): N=32 images drawn with a fixed seed
 from images 001-100, test on 101-200. Arguments
 (``--config configs/cells.py:model=fcrn_a,draw=3,smoke=True``):
   model: "unet" (default) or "fcrn_a".
+  width: U-Net width of the first level (doubling at each of 4 levels).
   draw: seed of the draw of the 32 training images (experiments use 0..4).
   smoke: tiny model and a few steps, for tests.
 """
@@ -16,7 +17,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, model="unet", draw=0, smoke=False)
+  a = common.parse_arg(arg, model="unet", draw=0, smoke=False, width=16)
   c = ml_collections.ConfigDict()
   c.seed = a["draw"]
   c.dataset = ml_collections.ConfigDict(dict(
@@ -26,7 +27,10 @@ def get_config(arg=None):
       batch_size=8, crop_size=(128, 128), flip=True, vflip=True,
       scale_range=None, max_points=256, pad_multiple=8, eval_batch_size=20,
       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-  c.model = ml_collections.ConfigDict(dict(name=a["model"], kwargs={}))
+  kwargs = {}
+  if a["model"] == "unet":
+    kwargs["widths"] = tuple(a["width"] * 2 ** i for i in range(4))
+  c.model = ml_collections.ConfigDict(dict(name=a["model"], kwargs=kwargs))
   # Density x100 (common for cells), σ = 2 px Gaussian targets, summed L2.
   c.density_scale = 100.0
   c.loss = ml_collections.ConfigDict(dict(
@@ -48,8 +52,18 @@ def get_config(arg=None):
       ("Count-ception, Cohen et al. 2017", "2.4 ± 0.4"),
   )
   c.quiet = False
+  # Scale-out (counting_jax/train/loop.py): compute dtype ("bfloat16" keeps
+  # float32 params and loss), micro-batches per step, parameter EMA (0 = off,
+  # else used for evaluation) and tiled evaluation of images above max_size.
+  c.compute_dtype = "float32"
+  c.accum_steps = 1
+  c.ema_decay = 0.0
+  c.eval_tiling = ml_collections.ConfigDict(dict(
+      max_size=2048, tile_size=1024, overlap=128, blend="linear",
+      tile_batch=4))
   if a["smoke"]:
-    c.model.name = a["model"] + "_tiny" if not a["model"].endswith("_tiny") else a["model"]
+    c.model.name = a["model"] + "_tiny"
+    c.model.kwargs = {}
     c.dataset.num_train = 4
     c.input.batch_size = 2
     c.input.crop_size = (32, 32)

@@ -24,12 +24,23 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder.")
 _IMAGES = flags.DEFINE_string("images", None, "predict: folder of images.")
 _OUT = flags.DEFINE_string("out", None, "predict: output folder.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "Multi-process: host:port of process 0 (or "
+    "$JAX_COORDINATOR_ADDRESS; auto-detected under Slurm/Open MPI/TPU).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: number of processes (or "
+    "$JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-process: this process's index (or "
+    "$JAX_PROCESS_ID).")
 
 
 def _main(command, argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-  from counting_jax.train import loop, predict  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import loop, predict, sharding  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
   if command == "train":

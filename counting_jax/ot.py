@@ -292,12 +292,17 @@ def solve(problem, *, threshold: float = 1e-3, max_iterations: int = 2000,
   return solver(problem, init=init)
 
 
-def plan(cost, f, g, a, b, epsilon):
+def plan(cost, f, g, a, b, epsilon, *, max_log_kernel: float = 30.0):
   """Detached plan a_i b_j exp((F_i + G_j - C_ij) / ε): float32 [n, m].
 
   The potentials (and the cost) are constants (``stop_gradient``); the plan
   stays differentiable in ``a`` and ``b``, which is the gradient every official
-  OT counting loss uses.
+  OT counting loss uses. The log-kernel (F_i + G_j - C_ij) / ε is clipped at
+  ``max_log_kernel``: it stays below 2 on real crops, but grows without bound
+  where the pixel mass vanishes (an all-zero map gives about 5e4 with
+  GeomLoss's log-weight -1e5, and exp overflows: the official GL code returns
+  NaN there), so the clip keeps value and gradient finite.
   """
-  log_k = jax.lax.stop_gradient((f[:, None] + g[None, :] - cost) / epsilon)
+  log_k = (f[:, None] + g[None, :] - cost) / epsilon
+  log_k = jax.lax.stop_gradient(jnp.minimum(log_k, max_log_kernel))
   return a[:, None] * b[None, :] * jnp.exp(log_k)

@@ -15,9 +15,23 @@ import tensorflow_datasets as tfds
 
 from counting_jax.data import vgg_cells
 from counting_jax.data.builders.vgg_cells import VggCells
+from counting_jax.data.builders.carpk import Carpk
+from counting_jax.data.builders.fsc147 import Fsc147
+from counting_jax.data.builders.jhu_crowd import JhuCrowd
+from counting_jax.data.builders.nwpu_crowd import NwpuCrowd
+from counting_jax.data.builders.shanghaitech import ShanghaiTechA
+from counting_jax.data.builders.shanghaitech import ShanghaiTechB
+from counting_jax.data.builders.ucf_qnrf import UcfQnrf
 
 DATASETS = {
     "vgg_cells": (VggCells, vgg_cells.DEFAULT_ROOT),
+    "shanghaitech_a": (ShanghaiTechA, None),
+    "shanghaitech_b": (ShanghaiTechB, None),
+    "ucf_qnrf": (UcfQnrf, None),
+    "jhu_crowd": (JhuCrowd, None),
+    "nwpu_crowd": (NwpuCrowd, None),
+    "fsc147": (Fsc147, None),
+    "carpk": (Carpk, None),
 }
 
 __all__ = ["DATASETS", "builder", "load", "default_data_dir"]
@@ -69,7 +83,7 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None):
 
 
 class _Decoded:
-  """Wraps a tfds data source: bytes text fields -> str."""
+  """Wraps a tfds data source: every bytes (text) field -> str."""
 
   def __init__(self, source):
     self._source = source
@@ -79,7 +93,7 @@ class _Decoded:
 
   def __getitem__(self, index):
     ex = dict(self._source[index])
-    for key in ("class_name", "image_id"):
-      if isinstance(ex.get(key), bytes):
-        ex[key] = ex[key].decode("utf-8")
+    for key, value in ex.items():
+      if isinstance(value, bytes):
+        ex[key] = value.decode("utf-8")
     return ex

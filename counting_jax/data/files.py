@@ -18,7 +18,8 @@ from PIL import Image
 
 from counting_jax.data import features as features_lib
 
-__all__ = ["read_image", "find_dir", "find_file", "load_mat",
+__all__ = ["read_image", "find_dir", "find_file", "find_file_below",
+           "load_mat",
            "clip_points", "example_from", "BORDER_TOLERANCE"]
 
 # Points at most this far (input pixels) outside [0, W] x [0, H] are official
@@ -79,16 +80,37 @@ def find_dir(root, names, *, depth: int = 2) -> pathlib.Path:
   root = pathlib.Path(root)
   wanted = [n.lower() for n in names]
   level = [root]
-  for _ in range(depth + 1):
+  for i in range(depth + 1):
     for name in wanted:  # Earlier names win within one level.
       for d in level:
         if d.name.lower() == name:
           return d
-    level = sorted(c for d in level if d.is_dir() for c in d.iterdir()
-                   if c.is_dir())
+    if i < depth:
+      level = sorted(c for d in level if d.is_dir() for c in d.iterdir()
+                     if c.is_dir())
   raise FileNotFoundError(
       f"none of the folders {list(names)} found under {root} (searched "
       f"{depth} levels deep)")
+
+
+def find_file_below(root, name: str, *, depth: int = 2) -> pathlib.Path:
+  """The file ``name`` in ``root`` or a sub-folder down to ``depth`` levels.
+
+  Shallower files win; within a level, folders are searched in sorted order.
+
+  Raises:
+    FileNotFoundError: naming ``root`` and ``name`` when none exists.
+  """
+  level = [pathlib.Path(root)]
+  for i in range(depth + 1):
+    for d in level:
+      if (d / name).is_file():
+        return d / name
+    if i < depth:
+      level = sorted(c for d in level if d.is_dir() for c in d.iterdir()
+                     if c.is_dir())
+  raise FileNotFoundError(f"{name} not found under {root} (searched {depth} "
+                          f"levels deep)")
 
 
 def find_file(folder, stem: str, suffixes) -> pathlib.Path:

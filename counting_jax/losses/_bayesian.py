@@ -5,33 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from counting_jax import grid
 from counting_jax.losses import _checks
+from counting_jax.losses import _distances
 
 __all__ = ["bayesian_loss", "bayesian_posterior", "box_fraction_targets"]
 
 _BACKGROUNDS = ("reciprocal", "dummy_point")
 _DEFAULT_RATIO = {"reciprocal": 1.0, "dummy_point": 0.15}
-
-
-def _squared_distances(points, h, w, stride, center_offset, distance):
-  """Squared distances [B, N, h*w] from points to cell centres (input px)."""
-  xs = grid.cell_centers(w, stride, center_offset)
-  ys = grid.cell_centers(h, stride, center_offset)
-  px = points[..., 0:1]
-  py = points[..., 1:2]
-  if distance == "exact":
-    dx = jnp.square(px - xs)
-    dy = jnp.square(py - ys)
-  elif distance == "expanded":
-    # The official float32 evaluation order: -2*x*c + x*x + c*c.
-    dx = -2.0 * (px * xs) + px * px + xs * xs
-    dy = -2.0 * (py * ys) + py * py + ys * ys
-  else:
-    raise ValueError(
-        f"distance must be 'exact' or 'expanded', got {distance!r}")
-  d = dy[:, :, :, None] + dx[:, :, None, :]
-  return d.reshape(*d.shape[:2], h * w)
 
 
 def bayesian_posterior(points, point_mask, shape, *, stride: int,
@@ -79,7 +59,9 @@ def bayesian_posterior(points, point_mask, shape, *, stride: int,
     image_size = min(h, w) * stride
   points = jax.lax.stop_gradient(jnp.asarray(points, jnp.float32))
   point_mask = jnp.asarray(point_mask, bool)
-  dist = _squared_distances(points, h, w, stride, center_offset, distance)
+  dist = _distances.squared_distances(points, (h, w), stride=stride,
+                                     center_offset=center_offset,
+                                     distance=distance)
   valid = point_mask[:, :, None]
   has_points = point_mask.any(axis=1)[:, None]
   min_dist = jnp.min(jnp.where(valid, dist, jnp.inf), axis=1)
@@ -179,7 +161,7 @@ def bayesian_loss(density, points, point_mask, *, stride: int,
 
   Empty images: the loss is |Σ a| (BL's ``Bay_Loss``), gradient sign(Σ a).
   Gradient: autodiff; the posterior depends on the points only and is
-  detached. The L1 has sub-gradient 0 at an exact tie E_j = t_j.
+  detached. The L1 has sub-gradient 0 at an exact tie E_j = t_j (as PyTorch).
 
   Source: Z. Ma, X. Wei, X. Hong, Y. Gong, "Bayesian Loss for Crowd Count
   Estimation with Point Supervision", ICCV 2019, eqs. 6-9 (posterior,
@@ -209,7 +191,7 @@ def bayesian_loss(density, points, point_mask, *, stride: int,
   else:
     t = jnp.broadcast_to(jnp.asarray(targets, jnp.float32), point_mask.shape)
   t = jnp.where(point_mask, t, 0.0)
-  residual = jnp.abs(jnp.concatenate([t, jnp.zeros((b, 1))], axis=1) -
+  residual = _distances.abs_with_zero_subgradient(jnp.concatenate([t, jnp.zeros((b, 1))], axis=1) -
                      expected)
   rows = jnp.concatenate([point_mask, jnp.ones((b, 1), bool)], axis=1)
   per_image = jnp.where(rows, residual, 0.0).sum(axis=1)

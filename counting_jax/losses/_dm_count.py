@@ -8,8 +8,8 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
-from counting_jax import grid
 from counting_jax.losses import _checks
+from counting_jax.losses import _distances
 
 __all__ = ["dm_count_loss", "sinkhorn_knopp", "ot_gradient_surrogate",
            "discrete_count_map"]
@@ -135,13 +135,12 @@ def discrete_count_map(points, point_mask, shape, *, stride: int,
       weight).reshape(h, w)
 
 
-def _cost(points, h, w, stride, center_offset, normalize_coordinates):
+def _cost(points, h, w, stride, center_offset, normalize_coordinates,
+          distance):
   """Squared distances [N, h*w] between points and cell centres."""
-  xs = grid.cell_centers(w, stride, center_offset)
-  ys = grid.cell_centers(h, stride, center_offset)
-  dx = jnp.square(points[:, 0:1] - xs)
-  dy = jnp.square(points[:, 1:2] - ys)
-  cost = (dy[:, :, None] + dx[:, None, :]).reshape(points.shape[0], h * w)
+  cost = _distances.squared_distances(points, (h, w), stride=stride,
+                                      center_offset=center_offset,
+                                      distance=distance)
   if normalize_coordinates:
     # DM-Count norm_cood: x -> x / c * 2 - 1 for pixels and points, c the
     # crop side; offsets cancel, so the cost scales by (2 / c)^2.
@@ -200,7 +199,7 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
                   ott_max_iterations: int = 2000,
                   normalize_coordinates: bool = False,
                   center_offset: float | None = None,
-                  tv_rounding: str = "round"):
+                  distance: str = "exact", tv_rounding: str = "round"):
   """DM-Count loss: OT between normalised maps + count L1 + weighted TV.
 
   .. math::
@@ -235,6 +234,11 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
     normalize_coordinates: DM-Count's ``norm_cood`` (default 0): map pixel
       and point coordinates to [−1, 1] by x / (w·stride) · 2 − 1.
     center_offset: input-pixel centre of cell 0; default stride / 2 (8k+4).
+    distance: "exact" (x − c)² (default) or "expanded", the official float32
+      evaluation x² − 2xc + c², see :func:`~counting_jax.losses._distances.
+      squared_distances`. The saturated kernel amplifies its ~0.03 px²
+      rounding into β differences of ~0.05 (gradient ~1e-4 relative):
+      use "expanded" to reproduce official numbers to float32 precision.
     tv_rounding: how G is built, "round" (official) or "floor".
 
   Returns:
@@ -250,16 +254,20 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
   Empty images: OT and TV are 0 and the loss is the count term |Σμ| (as
   DM-Count). Gradient: the OT term uses the detached plan and the explicit
   potential gradient g, exactly as the official code (no differentiation
-  through Sinkhorn); count and TV by autodiff (TV through μ̂).
+  through Sinkhorn); count and TV by autodiff (TV through μ̂), with
+  sub-gradient 0 of |·| at 0 as PyTorch (so ReLU-zero pixels of an empty
+  cell get no TV push of their own). GL supplement eq. 2: the count term's
+  gradient is ±1 on every pixel.
 
   Official-code behaviour kept: with ε = 10 on pixel² costs the float32
   kernel exp(−C/ε) underflows to 0 beyond ≈32 px from every point, so v and
   β saturate (β = ε·log(b·1e16) on such pixels, ε·log 1e-16 = −368 where
   μ = 0); the loop never meets 1e-9 and runs 100 iterations. The "ott"
   solver returns instead the converged pixel potential: the soft
-  c-transform of the point potential plus ε·log max(μ̂, 1e-16) (the same
-  object as DM-Count's β = ε log v at convergence, also on zero-mass
-  pixels). At ε = 10 on pixel² costs it may not converge within
+  c-transform of the point potential plus ε·log max(μ̂, 1e-16): DM-Count's
+  β = ε log(v + 1e-16) at convergence where μ̂ > 0, and on zero-mass pixels
+  the potential they would have with mass 1e-16 (the official loop gives
+  them exactly ε·log 1e-16, dropping the c-transform). At ε = 10 on pixel² costs it may not converge within
   ``ott_max_iterations``; use ``normalize_coordinates`` or a larger ε there.
   ott's balanced problem uses the exactly normalised μ / Σμ in float32.
 
@@ -270,10 +278,11 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
   (cost, surrogate, sum over images :62), ``losses/bregman_pytorch.py``
   (Sinkhorn), ``train_helper.py:134-156`` (count: ``nn.L1Loss`` mean; TV:
   mean of m·‖μ̂ − G/(m + 1e-6)‖₁; weights from ``train.py``). Its cost uses
-  the float32 expansion x² − 2xc + c²; we use (x − c)². It builds G from the
+  the float32 expansion x² − 2xc + c²; we use (x − c)² unless
+  ``distance="expanded"``. It builds G from the
   unflipped points and flips the map; we build G from the points given.
   Parity with ``official_values/dmcount.npz``: the defaults with
-  ``stride=8``.
+  ``stride=8, distance="expanded"``.
   """
   _checks.check_inputs(density, points, point_mask)
   if solver not in _SOLVERS:
@@ -287,7 +296,7 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
 
   def per_image(mu_i, pts_i, mask_i):
     cost = _cost(jax.lax.stop_gradient(pts_i), h, w, stride, center_offset,
-                 normalize_coordinates)
+                 normalize_coordinates, distance)
     cost = jnp.where(mask_i[:, None], cost, 0.0)
     mu_d = jax.lax.stop_gradient(mu_i)
     if solver == "official":
@@ -308,12 +317,13 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
   wd = jax.lax.stop_gradient(jnp.where(has_points, wd, zero))
 
   total = mu.sum(axis=1)
-  count = jnp.abs(total - n_pts)
+  l1 = _distances.abs_with_zero_subgradient
+  count = l1(total - n_pts)
   gd = jax.vmap(lambda p, m: discrete_count_map(
       p, m, (h, w), stride=stride, rounding=tv_rounding))(points, point_mask)
   mu_normed = mu / (total[:, None] + 1e-6)
-  tv = jnp.abs(mu_normed - gd.reshape(bsz, h * w) /
-               (n_pts[:, None] + 1e-6)).sum(axis=1) * n_pts
+  tv = l1(mu_normed - gd.reshape(bsz, h * w) /
+          (n_pts[:, None] + 1e-6)).sum(axis=1) * n_pts
   loss = ot_weight * ot.sum() + count.mean() + tv_weight * tv.mean()
   aux = {"ot": ot, "count": count, "tv": tv, "ot_objective": ot_obj,
          "wasserstein": wd}

@@ -12,10 +12,25 @@ import functools
 
 from counting_jax.models.fcrn import FCRNA
 from counting_jax.models.unet import UNet
+from counting_jax.models import pml
+from counting_jax.models import vgg19_density
 
 MODELS = {
     "fcrn_a": FCRNA,
     "unet": UNet,
+    # Crowd counters (BL / DM-Count / GL VGG19 head; PML).
+    "bl_vgg19": vgg19_density.BL_VGG19,
+    "dm_count_vgg19": vgg19_density.DM_COUNT_VGG19,
+    "gl_vgg19": vgg19_density.GL_VGG19,
+    "pml_vgg19": pml.PML_VGG19,
+    "pml_vgg16_bn": pml.PML_VGG16_BN,
+    "pml_hrnet_w48": pml.PML_HRNET_W48,
+    "pml_hrnet_w40": pml.PML_HRNET_W40,
+    "bl_vgg19_tiny": vgg19_density.BL_VGG19_TINY,
+    "dm_count_vgg19_tiny": vgg19_density.DM_COUNT_VGG19_TINY,
+    "gl_vgg19_tiny": vgg19_density.GL_VGG19_TINY,
+    "pml_vgg19_tiny": pml.PML_VGG19_TINY,
+    "pml_hrnet_tiny": pml.PML_HRNET_TINY,
     # Test-only tiny variants.
     "fcrn_a_tiny": functools.partial(FCRNA, widths=(4, 4, 8, 8)),
     "unet_tiny": functools.partial(UNet, widths=(4, 8)),

@@ -3,6 +3,18 @@
 A run folder (``workdir``) holds ``checkpoints/`` (orbax), ``metrics.jsonl``
 and ``tb/`` (scalars), ``train_ids.json`` (the images trained on),
 ``metrics.json`` (test-split MAE, RMSE, NAE, SRE) and ``panels/``.
+
+Scale-out (see ``sharding``): the step runs under ``jax.jit`` on a mesh of
+every device of every process; each process loads its own slice of each
+global batch. Optional config fields (older configs keep working):
+``compute_dtype`` ("float32" or "bfloat16": the model's compute dtype;
+parameters and loss stay float32), ``accum_steps`` (micro-batches per
+step), ``ema_decay`` (> 0: moving average of the parameters, used for
+evaluation) and ``eval_tiling`` (``max_size``, ``tile_size``, ``overlap``,
+``blend``, ``tile_batch``: images with a side above ``max_size`` are
+evaluated in overlapping tiles). A run killed at any point and restarted
+with the same command continues from its newest checkpoint and ends with
+the same parameters, ``metrics.jsonl`` rows and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -12,8 +24,10 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from counting_jax import data as data_lib
 from counting_jax import density as density_lib
@@ -21,9 +35,13 @@ from counting_jax import losses as losses_lib
 from counting_jax import metrics as metrics_lib
 from counting_jax import models as models_lib
 from counting_jax.data import pipeline
-from counting_jax.train import checkpoint, optim, panels, sharding, state as state_lib, step as step_lib, writers
+from counting_jax.train import checkpoint, optim, panels, predict as predict_lib, sharding, state as state_lib, step as step_lib, writers
 
-__all__ = ["train_and_evaluate", "evaluate", "select_train_indices"]
+__all__ = ["train_and_evaluate", "evaluate", "predict",
+           "select_train_indices"]
+
+_TILING = dict(max_size=2048, tile_size=1024, overlap=128, blend="linear",
+               tile_batch=4)
 
 
 def _opt(value):
@@ -47,7 +65,19 @@ def select_train_indices(source, num_train, seed: int) -> tuple[list, list]:
 
 
 def _build(config):
-  model = models_lib.get_model(config.model.name, **config.model.kwargs)
+  kwargs = dict(config.model.kwargs)
+  dtype = config.get("compute_dtype", "float32")
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got "
+                     f"{dtype!r}")
+  if dtype != "float32":
+    kwargs["dtype"] = jnp.dtype(dtype)
+  try:
+    model = models_lib.get_model(config.model.name, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"model {config.model.name!r} does not take "
+                     f"{sorted(kwargs)} (compute_dtype needs a model with a "
+                     f"'dtype' attribute): {e}") from e
   loss_fn = losses_lib.get_loss(config.loss.name, **config.loss.kwargs)
   tx = optim.make_optimizer(total_steps=config.total_steps, **config.optim)
   return model, loss_fn, tx
@@ -57,114 +87,205 @@ def _pad_multiple(config):
   return int(config.input.get("pad_multiple", 8))
 
 
+def _ema_decay(config):
+  decay = float(config.get("ema_decay", 0.0) or 0.0)
+  return decay if decay > 0 else None
+
+
+def _tiling(config):
+  out = dict(_TILING)
+  out.update(dict(config.get("eval_tiling", None) or {}))
+  return out
+
+
 def _load(config, split):
   ds = config.dataset
   return data_lib.load(ds.name, split, data_dir=_opt(ds.get("data_dir")),
                        manual_dir=_opt(ds.get("manual_dir")))
 
 
+def _host(metrics) -> dict:
+  """Scalar metrics (device arrays or floats) -> {name: float}."""
+  return {k: float(v) for k, v in metrics.items()}
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Trains (resuming from the newest checkpoint in ``workdir``), then
-  evaluates on the test split; returns the test metrics dict."""
+  evaluates on the test split; returns the test metrics dict.
+
+  Raises:
+    ValueError: when ``input.batch_size`` does not split over the devices
+      and ``accum_steps`` micro-batches.
+    FloatingPointError: on non-finite metrics, naming the steps.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  lead = jax.process_index() == 0
   mesh = sharding.make_mesh()
   repl, dsh = sharding.replicated(mesh), sharding.data_sharded(mesh)
   model, loss_fn, tx = _build(config)
   inp = config.input
+  accum = int(config.get("accum_steps", 1))
+  ema_decay = _ema_decay(config)
+  sharding.check_batch_size(inp.batch_size, mesh, accum_steps=accum)
+  n_proc, proc = jax.process_count(), jax.process_index()
+  local_bs = sharding.local_batch_size(inp.batch_size, n_proc)
 
   source = _load(config, config.dataset.train_split)
   indices, ids = select_train_indices(
       source, _opt(config.dataset.get("num_train")), config.dataset.draw_seed)
-  (workdir / "train_ids.json").write_text(json.dumps(ids))
+  if lead:
+    (workdir / "train_ids.json").write_text(json.dumps(ids))
+  if len(indices) < inp.batch_size:
+    # The pipeline repeats a set smaller than its batch; repeating here makes
+    # the element stream independent of the per-process batch size.
+    indices = indices * -(-inp.batch_size // len(indices))
   ds = pipeline.train_dataset(
-      source, indices=indices, batch_size=inp.batch_size,
+      source, indices=indices, batch_size=local_bs,
       max_points=inp.max_points, seed=config.seed,
       crop_size=_opt(inp.get("crop_size")), flip=inp.flip, vflip=inp.vflip,
       scale_range=_opt(inp.get("scale_range")),
       pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std)
 
+  def global_batch(step):
+    return sharding.shard_batch(
+        ds[sharding.process_batch_index(step, proc, n_proc)], mesh)
+
   first = ds[0]
   state = state_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(config.seed), first["image"].shape)
-  state = jax.device_put(state, repl)
+      model, tx, jax.random.PRNGKey(config.seed),
+      (1, *first["image"].shape[1:]), ema=ema_decay is not None)
+  state = sharding.replicate(state, mesh)
   manager = checkpoint.make_manager(workdir / "checkpoints")
-  restored, _ = checkpoint.restore_latest(manager, state)
+  restored, meta = checkpoint.restore_latest(manager, state)
+  pending, start = [], 0
   if restored is not None:
-    state = jax.device_put(restored, repl)
-    print(f"resumed from step {int(state.step)} in {workdir}")
+    state, meta = restored, meta or {}
+    pending = list(meta.get("pending", []))
+    start = int(meta.get("step", np.asarray(sharding.local_copy(state.step))))
+    if lead:
+      print(f"resumed from step {start} in {workdir}")
+  if lead:
+    writers.rewind_jsonl(workdir, start)
 
   train_step = jax.jit(
       step_lib.make_train_step(model.apply, loss_fn, tx, stride=model.stride,
-                               density_scale=config.density_scale),
+                               density_scale=config.density_scale,
+                               accum_steps=accum, ema_decay=ema_decay),
       in_shardings=(repl, dsh), out_shardings=(repl, repl),
       donate_argnums=0)
-  writer = writers.MetricWriter(workdir)
-  start = int(state.step)
+  writer = writers.MetricWriter(workdir) if lead else None
   bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train",
-                  dynamic_ncols=True, disable=config.get("quiet", False))
-  pending, t0 = [], time.time()
+                  dynamic_ncols=True,
+                  disable=config.get("quiet", False) or not lead)
+  t0, n_timed = time.time(), 0
   for step in range(start, config.total_steps):
-    batch = sharding.shard_batch(ds[step], mesh)
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, global_batch(step))
     pending.append(metrics)
+    n_timed += 1
     done = step + 1
     if done % config.log_every == 0 or done == config.total_steps:
-      rows = jax.device_get(pending)
+      rows = [_host(r) for r in pending]
       means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
       if not all(np.isfinite(v) for v in means.values()):
         raise FloatingPointError(
             f"non-finite metrics in steps {done - len(rows) + 1}..{done}: "
             f"{means}")
-      means["steps_per_s"] = len(rows) / max(time.time() - t0, 1e-9)
-      writer.write_scalars(done, means, prefix="train/")
+      means["steps_per_s"] = n_timed / max(time.time() - t0, 1e-9)
+      if writer is not None:
+        writer.write_scalars(done, means, prefix="train/")
       bar.set_postfix(loss=f"{means['loss']:.4g}", mae=f"{means['mae']:.2f}")
       bar.update(len(rows))
-      pending, t0 = [], time.time()
+      pending, t0, n_timed = [], time.time(), 0
     if done % config.checkpoint_every == 0 or done == config.total_steps:
-      checkpoint.save(manager, state, meta={"step": done})
+      pending = [_host(r) for r in pending]  # logged after a resume
+      checkpoint.save(manager, state, step=done,
+                      meta={"step": done, "pending": pending})
   bar.close()
   manager.close()
   result = evaluate(config, workdir, state=state, model=model, writer=writer)
-  writer.close()
+  if writer is not None:
+    writer.close()
   return result
 
 
+def _restore_for_eval(config, workdir):
+  """(model, state) of the newest checkpoint in ``workdir``.
+
+  Raises:
+    FileNotFoundError: when there is none.
+  """
+  model, _, tx = _build(config)
+  m = _pad_multiple(config)
+  target = state_lib.create_train_state(
+      model, tx, jax.random.PRNGKey(config.seed), (1, m, m, 3),
+      ema=_ema_decay(config) is not None)
+  target = sharding.replicate(target, sharding.make_mesh())
+  manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
+  state, _ = checkpoint.restore_latest(manager, target)
+  manager.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  return model, state
+
+
+def _gather(rows, n_total):
+  """Rows (index, pred, true, id) of every process, by index (process 0)."""
+  if jax.process_count() == 1:
+    return sorted(rows)
+  k = -(-n_total // jax.process_count())
+  idx = np.full((k,), -1, np.int32)
+  vals = np.zeros((k, 2), np.float32)
+  names = np.zeros((k, 128), np.uint8)
+  for j, (i, p, t, name) in enumerate(rows):
+    idx[j], vals[j] = i, (p, t)
+    raw = str(name).encode("utf-8")[:128]
+    names[j, :len(raw)] = np.frombuffer(raw, np.uint8)
+  idx, vals, names = multihost_utils.process_allgather((idx, vals, names))
+  out = []
+  for i, v, n in zip(idx.reshape(-1), vals.reshape(-1, 2),
+                     names.reshape(-1, 128)):
+    if i >= 0:
+      out.append((int(i), float(v[0]), float(v[1]),
+                  bytes(n).rstrip(b"\0").decode("utf-8")))
+  return sorted(out)
+
+
 def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
-  """Counts every image of the test split at full resolution, writes
-  ``metrics.json`` and panels, prints MAE/RMSE; returns the metrics."""
+  """Counts every image of the test split at full resolution (images with a
+  side above ``eval_tiling.max_size`` in overlapping tiles), writes
+  ``metrics.json``, ``counts.json`` and panels, prints MAE/RMSE; returns the
+  metrics. Processes share the images (image i goes to process i mod P);
+  process 0 gathers the counts and writes the files."""
   workdir = pathlib.Path(workdir)
   inp = config.input
   if model is None or state is None:
-    model, _, tx = _build(config)
-    source = _load(config, config.dataset.test_split)
-    shape = (1, *pipeline.transforms.pad_to_multiple(
-        source[0], _pad_multiple(config))["image"].shape)
-    target = state_lib.create_train_state(model, tx,
-                                          jax.random.PRNGKey(config.seed),
-                                          shape)
-    manager = checkpoint.make_manager(workdir / "checkpoints")
-    state, _ = checkpoint.restore_latest(manager, target)
-    manager.close()
-    if state is None:
-      raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    model, state = _restore_for_eval(config, workdir)
+  use_ema = _ema_decay(config) is not None
   source = _load(config, config.dataset.test_split)
-  eval_step = jax.jit(step_lib.make_eval_step(
-      model.apply, density_scale=config.density_scale))
-  preds, trues, ids = [], [], []
+  predict = predict_lib.make_predict_fn(step_lib.make_eval_step(
+      model.apply, density_scale=config.density_scale, use_ema=use_ema),
+                                        state)
+  tiling = _tiling(config)
+  tile_batch = tiling.pop("tile_batch")
   panel_dir = workdir / "panels"
   panel_dir.mkdir(parents=True, exist_ok=True)
   n_panels = config.get("num_panels", 4)
+  mine = list(range(jax.process_index(), len(source), jax.process_count()))
+  rows = []
   for batch in pipeline.eval_batches(
       source, batch_size=inp.eval_batch_size,
-      pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std):
-    dens = np.asarray(eval_step(state, batch["image"]))
-    preds.extend(dens.sum((1, 2)).tolist())
-    trues.extend(batch["count"].tolist())
-    ids.extend(batch["image_id"].tolist())
+      pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std,
+      indices=mine):
+    dens = predict_lib.predict_densities(
+        predict, batch["image"], stride=model.stride,
+        multiple=_pad_multiple(config), tile_batch=tile_batch, **tiling)
     for b in range(dens.shape[0]):
-      if len(ids) - dens.shape[0] + b >= n_panels:
-        break
+      index = mine[len(rows)]
+      rows.append((index, float(dens[b].sum()), float(batch["count"][b]),
+                   str(batch["image_id"][b])))
+      if index >= n_panels:
+        continue
       target = density_lib.gaussian_density(
           batch["points"][b], batch["point_mask"][b], dens.shape[1:],
           config.get("panel_sigma", 2.0), stride=model.stride)
@@ -173,22 +294,48 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
                         target_density=np.asarray(target),
                         true_count=float(batch["count"][b]),
                         title=str(batch["image_id"][b]))
-  result = metrics_lib.counting_metrics(preds, trues)
-  result["step"] = int(jax.device_get(state.step))
-  (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
-  (workdir / "counts.json").write_text(json.dumps(
-      {i: {"pred": p, "true": t} for i, p, t in zip(ids, preds, trues)}))
-  if writer is not None:
-    writer.write_scalars(result["step"], {k: result[k] for k in
-                                          ("mae", "rmse", "nae", "sre")},
-                         prefix="test/")
-  print(f"test {config.dataset.name}/{config.dataset.test_split}: "
-        f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
-        f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
-        f"({result['n']} images)")
-  published = config.get("published")
-  if published:
-    print("published (" + config.get("published_protocol", "") + "):")
-    for name, value in published:
-      print(f"  {name:<36} {value}")
+  rows = _gather(rows, len(source))
+  _, preds, trues, ids = zip(*rows)
+  result = metrics_lib.counting_metrics(list(preds), list(trues))
+  result["step"] = int(np.asarray(sharding.local_copy(state.step)))
+  if jax.process_index() == 0:
+    (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
+    (workdir / "counts.json").write_text(json.dumps(
+        {i: {"pred": p, "true": t} for i, p, t in zip(ids, preds, trues)}))
+    if writer is not None:
+      writer.write_scalars(result["step"], {k: result[k] for k in
+                                            ("mae", "rmse", "nae", "sre")},
+                           prefix="test/")
+    print(f"test {config.dataset.name}/{config.dataset.test_split}: "
+          f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
+          f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
+          f"({result['n']} images)")
+    published = config.get("published")
+    if published:
+      print("published (" + config.get("published_protocol", "") + "):")
+      for name, value in published:
+        print(f"  {name:<36} {value}")
   return result
+
+
+def predict(config, workdir, images_dir, out_dir) -> dict:
+  """``counting-jax predict``: counts every image of ``images_dir`` with the
+  newest checkpoint of ``workdir`` (EMA parameters when the config enables
+  them; large images in tiles, ``eval_tiling``), writing ``counts.csv`` and
+  density panels to ``out_dir``; returns {file name: count}.
+
+  Raises:
+    FileNotFoundError: when ``images_dir`` has no image or ``workdir`` no
+      checkpoint.
+  """
+  files = predict_lib.list_images(images_dir)
+  model, state = _restore_for_eval(config, workdir)
+  fn = predict_lib.make_predict_fn(step_lib.make_eval_step(
+      model.apply, density_scale=config.density_scale,
+      use_ema=_ema_decay(config) is not None), state)
+  tiling = _tiling(config)
+  tiling["tile_batch"] = tiling.pop("tile_batch")
+  return predict_lib.count_images(
+      fn, files, out_dir, stride=model.stride,
+      multiple=_pad_multiple(config), mean=config.input.mean,
+      std=config.input.std, tiling_kwargs=tiling)

@@ -1,4 +1,12 @@
-"""Count objects in a folder of images with a trained run."""
+"""Densities of whole images on this process's devices; counting a folder.
+
+:func:`make_predict_fn` runs a jitted eval step on the local devices (the
+batch padded to a multiple of their number and sharded over them);
+:func:`predict_densities` sends images larger than ``max_size`` through
+overlapping tiles (``counting_jax.train.tiling``) and the others through
+the model whole; :func:`count_images` writes ``counts.csv`` and density
+panels for a folder of images.
+"""
 
 from __future__ import annotations
 
@@ -9,57 +17,114 @@ import jax
 import numpy as np
 
 from counting_jax.data import pipeline, transforms, vgg_cells
-from counting_jax.train import checkpoint, loop, panels, state as state_lib, step as step_lib
+from counting_jax.train import panels, sharding, tiling
 
-__all__ = ["predict_folder"]
+__all__ = ["make_predict_fn", "predict_densities", "count_images",
+           "list_images", "predict_folder", "EXTENSIONS"]
 
-_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-def predict_folder(config, workdir, images_dir, out_dir) -> dict:
-  """Counts every image in ``images_dir`` (full resolution, zero-padded to
-  the model's multiple), writes ``counts.csv`` and one panel per image to
-  ``out_dir``; returns {file name: count}.
+def make_predict_fn(eval_step, state, devices=None):
+  """``predict(images float32 [b, H, W, 3]) -> float32 [b, h, w]``.
+
+  Args:
+    eval_step: ``(state, image) -> density`` (``step.make_eval_step``).
+    state: the train state (replicated arrays, possibly multi-process); this
+      process's copy is replicated over ``devices``.
+    devices: default ``jax.local_devices()``.
+  """
+  mesh = sharding.make_mesh(devices or jax.local_devices())
+  n = mesh.devices.size
+  local = jax.device_put(sharding.local_copy(state), sharding.replicated(mesh))
+  dsh = sharding.data_sharded(mesh)
+  run = jax.jit(eval_step, out_shardings=dsh)
+
+  def predict(images):
+    images = np.asarray(images, np.float32)
+    b = images.shape[0]
+    pad = (-b) % n
+    if pad:
+      images = np.concatenate(
+          [images, np.zeros((pad, *images.shape[1:]), np.float32)])
+    return np.asarray(run(local, jax.device_put(images, dsh)))[:b]
+
+  return predict
+
+
+def predict_densities(predict, images, *, stride: int, multiple: int,
+                      max_size: int | None = None, tile_size: int = 1024,
+                      overlap: int = 128, blend: str = "linear",
+                      tile_batch: int = 4):
+  """Densities float32 [b, H // stride, W // stride] of a batch of padded,
+  normalised images float32 [b, H, W, 3] (H, W multiples of ``multiple``).
+
+  Images with a side above ``max_size`` input pixels (never when None) are
+  cut into ``tile_size`` tiles overlapping by ``overlap`` and stitched with
+  ``blend`` weights (``tiling.predict_tiled``), ``tile_batch`` tiles per
+  call; the others go through the model whole, as one batch.
+  """
+  images = np.asarray(images, np.float32)
+  if max_size is None or max(images.shape[1:3]) <= max_size:
+    return predict(images)
+  return np.stack([tiling.predict_tiled(
+      predict, im, tile=tile_size, overlap=overlap, stride=stride,
+      multiple=multiple, blend=blend, batch_size=tile_batch)
+                   for im in images])
+
+
+def list_images(images_dir) -> list:
+  """Image files (``EXTENSIONS``) of a folder, sorted.
 
   Raises:
-    FileNotFoundError: when ``images_dir`` has no image or ``workdir`` no
-      checkpoint.
+    FileNotFoundError: when the folder is missing or holds no image.
   """
-  images_dir, out_dir = pathlib.Path(images_dir), pathlib.Path(out_dir)
+  images_dir = pathlib.Path(images_dir)
+  if not images_dir.is_dir():
+    raise FileNotFoundError(f"images folder not found: {images_dir}")
   files = sorted(p for p in images_dir.iterdir()
-                 if p.suffix.lower() in _EXTENSIONS)
+                 if p.suffix.lower() in EXTENSIONS)
   if not files:
-    raise FileNotFoundError(f"no image files ({sorted(_EXTENSIONS)}) in "
+    raise FileNotFoundError(f"no image files ({list(EXTENSIONS)}) in "
                             f"{images_dir}")
+  return files
+
+
+def count_images(predict, files, out_dir, *, stride: int, multiple: int,
+                 mean, std, tiling_kwargs=None, panels_too: bool = True):
+  """Counts each image file at full resolution (zero-padded at the bottom/
+  right to ``multiple``; the count sums the whole padded density map, as in
+  evaluation), writes ``counts.csv`` and, with ``panels_too``, one
+  ``<stem>_density.png`` panel per image to ``out_dir``; returns
+  {file name: count}.
+  """
+  out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  model, _, tx = loop._build(config)  # pylint: disable=protected-access
-  multiple = loop._pad_multiple(config)  # pylint: disable=protected-access
-  manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
-  target = state_lib.create_train_state(model, tx, jax.random.PRNGKey(0),
-                                        (1, multiple, multiple, 3))
-  state, _ = checkpoint.restore_latest(manager, target)
-  manager.close()
-  if state is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  eval_step = jax.jit(step_lib.make_eval_step(
-      model.apply, density_scale=config.density_scale))
   counts = {}
   for path in files:
     image = vgg_cells.read_image(path)
     sample = transforms.pad_to_multiple(
         {"image": image, "points": np.zeros((0, 2), np.float32),
          "boxes": np.zeros((0, 4), np.float32)}, multiple)
-    x = pipeline.normalize(sample["image"], config.input.mean,
-                           config.input.std)[None]
-    dens = np.asarray(eval_step(state, x))[0]
+    x = pipeline.normalize(sample["image"], mean, std)[None]
+    dens = predict_densities(predict, x, stride=stride, multiple=multiple,
+                             **(tiling_kwargs or {}))[0]
     counts[path.name] = float(dens.sum())
-    panels.save_panel(out_dir / f"{path.stem}_density.png", image,
-                      dens[:image.shape[0] // model.stride,
-                           :image.shape[1] // model.stride],
-                      title=path.name)
+    if panels_too:
+      panels.save_panel(out_dir / f"{path.stem}_density.png", image,
+                        dens[:image.shape[0] // stride,
+                             :image.shape[1] // stride],
+                        title=path.name)
   with open(out_dir / "counts.csv", "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(["image", "count"])
     for name, c in counts.items():
       w.writerow([name, f"{c:.3f}"])
   return counts
+
+
+def predict_folder(config, workdir, images_dir, out_dir) -> dict:
+  """``counting-jax predict``: the config-reading entry point lives in
+  ``loop.predict``; kept here for the CLI."""
+  from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
+  return loop.predict(config, workdir, images_dir, out_dir)

@@ -13,20 +13,25 @@ __all__ = ["TrainState", "create_train_state"]
 
 @flax.struct.dataclass
 class TrainState:
-  """step int32 [], params, batch_stats (may be {}), opt_state, rng (raw
-  uint32 [2] key; per-step keys are ``fold_in(rng, step)``)."""
+  """step int32 [], params (float32), batch_stats (may be {}), opt_state, rng
+  (raw uint32 [2] key; per-step keys are ``fold_in(rng, step)``) and
+  ema_params (an exponential moving average of params, or {} when off)."""
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  ema_params: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(model, tx, rng, image_shape) -> TrainState:
+def create_train_state(model, tx, rng, image_shape, *,
+                       ema: bool = False) -> TrainState:
   """Initialises ``model`` on zeros of ``image_shape`` [B, H, W, 3].
 
   ``rng`` is a raw ``jax.random.PRNGKey``; the first half initialises the
-  parameters, the second seeds the per-step keys.
+  parameters, the second seeds the per-step keys. Parameters are float32
+  whatever the model's compute ``dtype``. With ``ema`` the moving average
+  starts as a copy of the initial parameters.
   """
   init_rng, step_rng = jax.random.split(rng)
   variables = jax.jit(lambda r: model.init(
@@ -34,4 +39,5 @@ def create_train_state(model, tx, rng, image_shape) -> TrainState:
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=step_rng)
+                    opt_state=tx.init(params), rng=step_rng,
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else {})

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["make_train_step", "make_eval_step"]
+__all__ = ["make_train_step", "make_eval_step", "split_micro_batches"]
 
 
 def _variables(params, batch_stats):
@@ -16,61 +16,128 @@ def _variables(params, batch_stats):
   return v
 
 
+def split_micro_batches(batch: dict, accum_steps: int) -> dict:
+  """[B, ...] fields -> [accum_steps, B / accum_steps, ...].
+
+  Micro-batch m holds rows ``m, m + A, m + 2A, ...`` (A = ``accum_steps``):
+  with the batch sharded in contiguous blocks over D devices and B a
+  multiple of A x D, every micro-batch keeps B / (A D) rows on every device.
+
+  Raises:
+    ValueError: when a field's batch size is not a multiple of A.
+  """
+  def split(x):
+    if x.shape[0] % accum_steps:
+      raise ValueError(f"batch size {x.shape[0]} is not a multiple of "
+                       f"accum_steps={accum_steps}")
+    return x.reshape(x.shape[0] // accum_steps, accum_steps,
+                     *x.shape[1:]).swapaxes(0, 1)
+
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(apply_fn, loss_fn, tx, *, stride: int,
-                    density_scale: float = 1.0):
+                    density_scale: float = 1.0, accum_steps: int = 1,
+                    ema_decay: float | None = None):
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
   Args:
     apply_fn: ``model.apply``; the model output divided by ``density_scale``
       is the density in count units (cell counting regresses density x100).
+      The model may compute in bfloat16 (its ``dtype``); the output is cast
+      to float32 before the loss, and parameters, gradients and optimiser
+      state stay float32.
     loss_fn: ``loss(density, points, point_mask, *, stride) -> (loss, aux)``.
     tx: optax optimiser.
     stride: the model's density stride.
     density_scale: see ``apply_fn``.
+    accum_steps: gradient accumulation: the batch is cut into this many
+      micro-batches (:func:`split_micro_batches`) run one after the other in
+      a ``lax.scan``; their float32 gradients are averaged and the optimiser
+      updates once per call. An explicit scan rather than
+      ``optax.MultiSteps``: one call stays one optimiser step on one global
+      batch (``ds[step]``), so step counts, schedules, checkpoints and exact
+      resume need no change. Equals the full-batch step for losses that are
+      batch means, up to BatchNorm (statistics per micro-batch, running
+      averages updated once per micro-batch) and dropout keys
+      (``fold_in(key, m)`` per micro-batch). Losses summed over the batch
+      (DM-Count's OT term) come out divided by ``accum_steps``.
+    ema_decay: when set, ``state.ema_params`` <- d * ema + (1 - d) * params
+      after every update (a constant decay, no bias correction; the average
+      starts at the initial parameters).
 
-  The returned metrics are float32 scalars: ``loss``, the batch means of the
-  loss's aux terms, batch ``mae`` of the counts, ``grad_norm``,
-  ``param_norm``. Gradients are averaged over the (global) batch by the
-  loss's own reduction; under a data-sharded jit XLA inserts the
-  cross-device reduction.
+  The returned metrics are float32 scalars, means over the global batch:
+  ``loss``, the loss's aux terms, ``mae`` of the counts, and ``grad_norm``,
+  ``param_norm``. Under a data-sharded jit the batch reductions are global,
+  so XLA inserts the cross-device reductions (gradients, BatchNorm
+  statistics, metrics).
   """
 
-  def train_step(state, batch):
-    rng = jax.random.fold_in(state.rng, state.step)
-
+  def grads_and_metrics(params, batch_stats, batch, rng):
     def objective(params):
       out, mutated = apply_fn(
-          _variables(params, state.batch_stats), batch["image"], train=True,
+          _variables(params, batch_stats), batch["image"], train=True,
           mutable=["batch_stats"], rngs={"dropout": rng})
       density = out.astype(jnp.float32) / density_scale
       loss, aux = loss_fn(density, batch["points"], batch["point_mask"],
                           stride=stride)
-      return loss, (aux, mutated.get("batch_stats", {}), density)
+      return loss.astype(jnp.float32), (aux, mutated.get("batch_stats", {}),
+                                        density)
 
-    (loss, (aux, batch_stats, density)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (loss, (aux, new_stats, density)), grads = jax.value_and_grad(
+        objective, has_aux=True)(params)
     pred = density.sum((1, 2))
     true = batch["point_mask"].sum(-1).astype(jnp.float32)
-    metrics = {f"loss/{k}": jnp.mean(v) for k, v in aux.items()}
-    metrics.update(loss=loss, mae=jnp.mean(jnp.abs(pred - true)),
-                   grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params))
+    metrics = {f"loss/{k}": jnp.mean(v).astype(jnp.float32)
+               for k, v in aux.items()}
+    metrics.update(loss=loss, mae=jnp.mean(jnp.abs(pred - true)))
+    return grads, new_stats, metrics
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if accum_steps == 1:
+      grads, batch_stats, metrics = grads_and_metrics(
+          state.params, state.batch_stats, batch, rng)
+    else:
+      def micro_step(carry, xs):
+        grad_sum, stats = carry
+        micro, m = xs
+        grads, stats, metrics = grads_and_metrics(
+            state.params, stats, micro, jax.random.fold_in(rng, m))
+        return (jax.tree.map(jnp.add, grad_sum, grads), stats), metrics
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grad_sum, batch_stats), per_micro = jax.lax.scan(
+          micro_step, (zeros, state.batch_stats),
+          (split_micro_batches(batch, accum_steps),
+           jnp.arange(accum_steps)))
+      grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
+      metrics = jax.tree.map(lambda v: v.mean(0), per_micro)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema_decay is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                         ema, params)
+    metrics.update(grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params))
     new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats=batch_stats, opt_state=opt_state)
+                              batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema)
     return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(apply_fn, *, density_scale: float = 1.0):
+def make_eval_step(apply_fn, *, density_scale: float = 1.0,
+                   use_ema: bool = False):
   """Builds ``eval_step(state, image) -> density`` float32 [B, h, w] in count
-  units (BatchNorm in inference mode)."""
+  units (BatchNorm in inference mode), with ``state.ema_params`` in place of
+  ``state.params`` when ``use_ema``."""
 
   def eval_step(state, image):
-    out = apply_fn(_variables(state.params, state.batch_stats), image,
-                   train=False)
+    params = state.ema_params if use_ema else state.params
+    out = apply_fn(_variables(params, state.batch_stats), image, train=False)
     return out.astype(jnp.float32) / density_scale
 
   return eval_step

@@ -6,7 +6,30 @@ import json
 import math
 import pathlib
 
-__all__ = ["MetricWriter"]
+__all__ = ["MetricWriter", "rewind_jsonl"]
+
+
+def rewind_jsonl(workdir, step: int, *, drop_prefixes=("test/",)) -> int:
+  """Before resuming at ``step``: drops the ``metrics.jsonl`` rows of later
+  steps (logged by the killed run after its last checkpoint, and logged
+  again by the resumed one) and rows with a key starting with one of
+  ``drop_prefixes`` (evaluations, rerun after training). Returns the number
+  of rows dropped."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    return 0
+  lines = path.read_text(encoding="utf-8").splitlines()
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:  # a line cut by the kill
+      continue
+    if row.get("step", 0) <= step and not any(
+        k.startswith(p) for k in row for p in drop_prefixes):
+      keep.append(line)
+  path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+  return len(lines) - len(keep)
 
 
 class MetricWriter:

@@ -16,7 +16,7 @@ occlusion   int32 [N]         1 visible, 2 partial, 3 full occlusion
 blur        int32 [N]         0 sharp, 1 blurred
 scene       text              scene type from ``image_labels.txt``
 weather     int32             0 none, 1 fog/haze, 2 rain, 3 snow
-distractor  bool              True for distractor images (count 0)
+distractor  bool              True for distractor images
 ==========  ================  ===========================================
 
 Parsing, checks (gt rows == ``total``) and coordinates:

@@ -37,7 +37,8 @@ torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"
 
 def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = True,
          dtype=jnp.float32, name: str | None = None,
-         kernel_init=nn.initializers.kaiming_normal()) -> nn.Conv:
+         kernel_init=nn.initializers.kaiming_normal(),
+         bias_init=nn.initializers.zeros) -> nn.Conv:
   """A square ``kernel`` conv padded by kernel // 2 on every side (PyTorch).
 
   Returns an unbound ``nn.Conv`` (float32 params, ``dtype`` compute); call it
@@ -46,7 +47,8 @@ def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = True,
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-                 dtype=dtype, kernel_init=kernel_init, name=name)
+                 dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+                 name=name)
 
 
 def batch_norm(*, train: bool, momentum: float = 0.9, dtype=jnp.float32,

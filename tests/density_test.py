@@ -1,0 +1,117 @@
+"""Density maps: mass preservation, pooling, agreement with closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage, spatial, special
+
+from counting_jax import density, grid
+
+_density = jax.jit(density.gaussian_density,
+                   static_argnames=("shape", "stride", "kernel", "scale"))
+
+
+def _points(rng, n, size):
+  return rng.uniform(0, size, (n, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kernel", ["integrated", "sampled"])
+@pytest.mark.parametrize("stride", [1, 4])
+def test_mass_equals_count_including_border_points(kernel, stride):
+  rng = np.random.default_rng(0)
+  pts = np.concatenate([_points(rng, 20, 64),
+                        [[0.1, 0.1], [63.9, 32.0], [0.0, 63.99]]]).astype(np.float32)
+  mask = np.ones(len(pts), bool)
+  d = _density(pts, mask, shape=(64 // stride, 64 // stride), sigma=6.0,
+               stride=stride, kernel=kernel)
+  np.testing.assert_allclose(float(d.sum()), len(pts), rtol=1e-5)
+  assert np.all(np.asarray(d) >= 0)
+
+
+def test_mask_and_outside_points_contribute_nothing():
+  pts = np.array([[10.5, 10.5], [100.0, 5.0], [-1.0, 3.0], [20.0, 20.0]],
+                 np.float32)
+  mask = np.array([True, True, True, False])
+  d = _density(pts, mask, shape=(32, 32), sigma=2.0, stride=1,
+               kernel="integrated")
+  np.testing.assert_allclose(float(d.sum()), 1.0, rtol=1e-6)
+
+
+def test_integrated_at_stride_equals_sum_pool_of_full_resolution():
+  rng = np.random.default_rng(1)
+  pts = _points(rng, 30, 64)
+  mask = np.ones(30, bool)
+  full = _density(pts, mask, shape=(64, 64), sigma=3.0, stride=1,
+                  kernel="integrated")
+  coarse = _density(pts, mask, shape=(8, 8), sigma=3.0, stride=8,
+                    kernel="integrated")
+  np.testing.assert_allclose(np.asarray(density.sum_pool(full, 8)),
+                             np.asarray(coarse), atol=1e-5)
+
+
+def test_integrated_kernel_matches_erf_closed_form_far_from_border():
+  x, y, s = 20.3, 31.7, 2.5
+  d = np.asarray(_density(np.array([[x, y]], np.float32), np.array([True]),
+                          shape=(64, 64), sigma=s, stride=1,
+                          kernel="integrated"), np.float64)
+  e = np.arange(65, dtype=np.float64)
+  px = np.diff(special.ndtr((e - x) / s))
+  py = np.diff(special.ndtr((e - y) / s))
+  np.testing.assert_allclose(d, np.outer(py, px), atol=2e-6)
+
+
+def test_sampled_kernel_matches_gaussian_filter_of_dot_map():
+  dots = np.zeros((48, 48))
+  pts = np.array([[20.5, 24.5], [30.5, 10.5]], np.float32)  # pixel centres
+  for x, y in pts:
+    dots[int(y), int(x)] = 1
+  ref = ndimage.gaussian_filter(dots, 3.0, mode="constant", truncate=8.0)
+  d = _density(pts, np.ones(2, bool), shape=(48, 48), sigma=3.0, stride=1,
+               kernel="sampled")
+  np.testing.assert_allclose(np.asarray(d), ref, atol=1e-5)
+
+
+def test_scale_multiplies_the_map():
+  pts = np.array([[5.0, 5.0]], np.float32)
+  d1 = _density(pts, np.array([True]), shape=(16, 16), sigma=1.0)
+  d100 = _density(pts, np.array([True]), shape=(16, 16), sigma=1.0,
+                  scale=100.0)
+  np.testing.assert_allclose(np.asarray(d100), 100 * np.asarray(d1),
+                             rtol=1e-5)
+
+
+def test_per_point_sigma_and_no_points():
+  d = _density(np.zeros((3, 2), np.float32), np.zeros(3, bool),
+               shape=(8, 8), sigma=np.array([1.0, 2.0, 3.0], np.float32))
+  assert float(jnp.abs(d).sum()) == 0.0
+
+
+def test_knn_sigma_matches_brute_force():
+  rng = np.random.default_rng(2)
+  pts = _points(rng, 40, 100)
+  dist = spatial.distance.cdist(pts, pts)
+  np.fill_diagonal(dist, np.inf)
+  ref = 0.3 * np.sort(dist, axis=1)[:, :3].mean(1)
+  np.testing.assert_allclose(density.knn_sigma(pts), ref, rtol=1e-5)
+  assert density.knn_sigma(pts[:1], isolated_sigma=7.0).tolist() == [7.0]
+  assert density.knn_sigma(np.zeros((0, 2))).shape == (0,)
+  two = density.knn_sigma(pts[:2], k=3, beta=1.0)  # fewer than k neighbours
+  np.testing.assert_allclose(two, np.linalg.norm(pts[0] - pts[1]), rtol=1e-5)
+
+
+def test_sum_pool_rejects_indivisible_shape():
+  with pytest.raises(ValueError, match="stride 3"):
+    density.sum_pool(jnp.ones((8, 8)), 3)
+
+
+def test_grid_conventions():
+  np.testing.assert_allclose(grid.cell_centers(3, 8), [4, 12, 20])
+  np.testing.assert_allclose(grid.cell_centers(3, 8, offset=8), [8, 16, 24])
+  np.testing.assert_array_equal(
+      grid.cell_index(jnp.array([[7.99, 8.0]]), 8), [[0, 1]])
+
+
+def test_bad_points_shape_raises():
+  with pytest.raises(ValueError, match="points must be"):
+    density.gaussian_density(np.zeros((3, 3)), np.ones(3, bool), (4, 4), 1.0)
