@@ -65,6 +65,7 @@ def get_config(arg=None):
     c.model.name = a["model"] + "_tiny"
     c.model.kwargs = {}
     c.dataset.num_train = 4
+    c.dataset.test_split = "test[:10]"
     c.input.batch_size = 2
     c.input.crop_size = (32, 32)
     c.total_steps = 6

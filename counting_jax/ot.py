@@ -46,12 +46,14 @@ __all__ = [
     "ExpCost", "PerspectiveCost", "cost_fn", "pixel_centers", "cost_matrix",
     "masses", "log_weights", "reach_to_tau", "softmin", "diameter",
     "epsilon_schedule", "epsilon_scaling_potentials", "kl_problem", "solve",
-    "plan"
+    "plan", "ZERO_LOG_WEIGHT", "MAX_LOG_KERNEL"
 ]
 
 # GeomLoss's log-weight of a zero-mass entry (finite, so that lse never sees
 # an all -inf row).
 ZERO_LOG_WEIGHT = -1e5
+# Largest exponent used when potentials become exponentials (see plan()).
+MAX_LOG_KERNEL = 30.0
 
 
 @jtu.register_pytree_node_class
@@ -207,8 +209,8 @@ def epsilon_schedule(diam, *, blur: float, scaling: float, p: int = 1,
   return eps, jnp.minimum(n_mid + 2, max_steps)
 
 
-def epsilon_scaling_potentials(cost, a, b, *, blur: float, reach, scaling: float,
-                               diam, p: int = 1):
+def epsilon_scaling_potentials(cost, a, b, *, blur: float, reach,
+                               scaling: float, diam, p: int = 1):
   """GeomLoss's annealed unbalanced Sinkhorn (``debias=False``): (F, G).
 
   Initialisation by one softmin at ε_0 = diam^p; for each ε of
@@ -292,7 +294,8 @@ def solve(problem, *, threshold: float = 1e-3, max_iterations: int = 2000,
   return solver(problem, init=init)
 
 
-def plan(cost, f, g, a, b, epsilon, *, max_log_kernel: float = 30.0):
+def plan(cost, f, g, a, b, epsilon, *,
+         max_log_kernel: float = MAX_LOG_KERNEL):
   """Detached plan a_i b_j exp((F_i + G_j - C_ij) / ε): float32 [n, m].
 
   The potentials (and the cost) are constants (``stop_gradient``); the plan

@@ -14,13 +14,17 @@ import functools
 
 from counting_jax.losses._bayesian import bayesian_loss
 from counting_jax.losses._dm_count import dm_count_loss
+from counting_jax.losses._generalized import generalized_loss
 from counting_jax.losses._l2 import gaussian_l2_loss
 from counting_jax.losses._matching import p2p_matching, p2pnet_loss
+from counting_jax.losses._proximal import pml_loss
 
 LOSSES = {
     "gaussian_l2": gaussian_l2_loss,
     "bayesian": bayesian_loss,
     "dm_count": dm_count_loss,
+    "gl": generalized_loss,
+    "pml": pml_loss,
 }
 
 

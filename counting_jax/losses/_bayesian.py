@@ -19,7 +19,7 @@ def bayesian_posterior(points, point_mask, shape, *, stride: int,
                        background: str = "reciprocal",
                        background_ratio: float | None = None,
                        image_size=None, center_offset: float | None = None,
-                       distance: str = "exact"):
+                       distance: str = "expanded"):
   """Posterior p(y_j | x_i) of BL over the GT points and the background.
 
   .. math::
@@ -114,7 +114,7 @@ def bayesian_loss(density, points, point_mask, *, stride: int,
                   background: str = "reciprocal",
                   background_ratio: float | None = None, image_size=None,
                   targets=None, center_offset: float | None = None,
-                  distance: str = "exact"):
+                  distance: str = "expanded"):
   """Bayesian loss (BL): L1 between per-point targets and expected counts.
 
   .. math::
@@ -147,9 +147,9 @@ def bayesian_loss(density, points, point_mask, *, stride: int,
       default 1.
     center_offset: input-pixel centre of cell 0; default stride / 2 (BL's
       8k + 4 at stride 8, also this library's convention).
-    distance: "exact" (x − c)² (default) or "expanded", the official float32
-      evaluation x² − 2xc + c² (differs by ~1e-4 relative in the posterior;
-      use it only to reproduce official numbers bit for bit).
+    distance: "expanded" (default, as the official code: the float32
+      evaluation x² − 2xc + c²) or "exact" ((x − c)², which differs by ~1e-4
+      relative in the posterior).
 
   Returns:
     (loss float32 scalar, the mean over the batch as BL's ``Bay_Loss``;
@@ -171,9 +171,9 @@ def bayesian_loss(density, points, point_mask, *, stride: int,
   Official code: ZhihengCV/Bayesian-Crowd-Counting@5f10bfc
   ``losses/post_prob.py`` (posterior, background :37-40), ``bay_loss.py``
   (L1 and batch mean), ``train.py:44-46`` (σ = 8, ratio 1.0). Its squared
-  distances use the expansion ("expanded"); we default to the exact form.
-  Parity with ``official_values/bl.npz``: ``stride=8, sigma=8,
-  image_size=st_size, targets=targets, distance="expanded"`` with
+  distances use the expansion, our default ("expanded"; "exact" avoids its
+  float32 cancellation). Parity with ``official_values/bl.npz``:
+  ``stride=8, sigma=8, image_size=st_size, targets=targets`` with
   ``use_background`` True/False.
   """
   _checks.check_inputs(density, points, point_mask)

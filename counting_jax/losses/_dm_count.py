@@ -199,7 +199,7 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
                   ott_max_iterations: int = 2000,
                   normalize_coordinates: bool = False,
                   center_offset: float | None = None,
-                  distance: str = "exact", tv_rounding: str = "round"):
+                  distance: str = "expanded", tv_rounding: str = "round"):
   """DM-Count loss: OT between normalised maps + count L1 + weighted TV.
 
   .. math::
@@ -234,11 +234,11 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
     normalize_coordinates: DM-Count's ``norm_cood`` (default 0): map pixel
       and point coordinates to [−1, 1] by x / (w·stride) · 2 − 1.
     center_offset: input-pixel centre of cell 0; default stride / 2 (8k+4).
-    distance: "exact" (x − c)² (default) or "expanded", the official float32
+    distance: "expanded" (default, as the official code: the float32
       evaluation x² − 2xc + c², see :func:`~counting_jax.losses._distances.
-      squared_distances`. The saturated kernel amplifies its ~0.03 px²
-      rounding into β differences of ~0.05 (gradient ~1e-4 relative):
-      use "expanded" to reproduce official numbers to float32 precision.
+      squared_distances`) or "exact" (x − c)². The saturated kernel amplifies
+      the expansion's ~0.03 px² rounding into β differences of ~0.05
+      (gradient ~1e-4 relative) between the two.
     tv_rounding: how G is built, "round" (official) or "floor".
 
   Returns:
@@ -278,11 +278,11 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
   (cost, surrogate, sum over images :62), ``losses/bregman_pytorch.py``
   (Sinkhorn), ``train_helper.py:134-156`` (count: ``nn.L1Loss`` mean; TV:
   mean of m·‖μ̂ − G/(m + 1e-6)‖₁; weights from ``train.py``). Its cost uses
-  the float32 expansion x² − 2xc + c²; we use (x − c)² unless
-  ``distance="expanded"``. It builds G from the
+  the float32 expansion x² − 2xc + c², our default (``distance="exact"``
+  gives (x − c)²). It builds G from the
   unflipped points and flips the map; we build G from the points given.
   Parity with ``official_values/dmcount.npz``: the defaults with
-  ``stride=8, distance="expanded"``.
+  ``stride=8``.
   """
   _checks.check_inputs(density, points, point_mask)
   if solver not in _SOLVERS:

@@ -1,4 +1,4 @@
-"""Generalized loss (GL, Wan, Liu & Chan, CVPR 2021): unbalanced OT + penalties."""
+"""Generalized loss (GL, Wan, Liu & Chan, CVPR 2021): unbalanced OT."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ott.geometry import costs
 
 from counting_jax import ot
 from counting_jax.losses import _checks
+from counting_jax.losses._distances import abs_with_zero_subgradient as _abs
 
 __all__ = ["generalized_loss"]
 
@@ -17,12 +18,18 @@ _REDUCTIONS = ("official", "mean")
 
 
 def _distance(x, norm):
-  return jnp.abs(x) if norm == "l1" else jnp.square(x)
+  return _abs(x) if norm == "l1" else jnp.square(x)
+
+
+def _exp_neg(potential, rho):
+  """exp(-F/ρ), the plan's marginal per unit mass, clipped (it diverges only
+  when the map vanishes; the official code then returns NaN)."""
+  return jnp.exp(jnp.minimum(-potential / rho, ot.MAX_LOG_KERNEL))
 
 
 def _image_terms(a, points, mask, *, pixels, scale, cost, blur, reach, scaling,
                  p, solver, threshold, max_iterations, d_point, d_pixel):
-  """GL terms of one image: dict of float32 scalars (emd, point, pixel, entropy)."""
+  """GL terms of one image: float32 scalars emd, point, pixel, entropy."""
   eps, rho = blur**p, reach**p
   has_points = mask.any()
   # An empty image still runs the solver, on one dummy point, so that the
@@ -57,13 +64,13 @@ def _image_terms(a, points, mask, *, pixels, scale, cost, blur, reach, scaling,
   f, g = jax.lax.stop_gradient((f, g))
 
   pi = ot.plan(cost_mat, f, g, a, b, eps)
-  emd = (rho + eps / 2) * (jnp.sum(a * (1 - jnp.exp(-f / rho)))
-                           + jnp.sum(b * (1 - jnp.exp(-g / rho))))
+  emd = (rho + eps / 2) * (jnp.sum(a * (1 - _exp_neg(f, rho)))
+                           + jnp.sum(b * (1 - _exp_neg(g, rho))))
   point = jnp.sum(b * _distance(pi.sum(0) - 1.0, d_point))
   pixel = jnp.sum(_distance(jax.lax.stop_gradient(pi.sum(1)) - a, d_pixel))
   plogp = (pi + 1e-20) * jnp.log(pi + 1e-20)
   entropy = jnp.sum(plogp * b[None, :]) / (a.size * jnp.maximum(b.sum(), 1.0))
-  empty = jnp.abs(a.sum())
+  empty = _abs(a.sum())
   return {
       "emd": jnp.where(has_points, emd, empty),
       "point": jnp.where(has_points, point, empty),
@@ -146,8 +153,13 @@ def generalized_loss(density, points, point_mask, *, stride: int,
   Gradient: autodiff through the detached plan (F, G constant), as the
   official code; the solver is never differentiated, so ott's unbalanced
   gradient issue does not arise. ∂emd/∂a_i = (ρ + ε/2)(1 − e^{−F_i/ρ}).
-  The log-kernel is clipped (:func:`counting_jax.ot.plan`) so that an
-  all-zero map gives a finite value and gradient (official: NaN).
+  Because F and G depend on a but are held constant, this gradient is *not*
+  the derivative of the loss value (finite differences of the value differ);
+  it is the official training signal.
+  The exponents (F_i + G_j − C_ij)/ε and −F_i/ρ, −G_j/ρ are clipped at
+  ``ot.MAX_LOG_KERNEL`` = 30 (at most 1.5 on the official cases) so that an
+  all-zero map gives a finite value and gradient (official: NaN; the true
+  gradient diverges like 1/a as the map vanishes).
 
   Source: Wan, Liu & Chan, "A Generalized Loss Function for Crowd Counting
   and Localization", CVPR 2021 (UOT eq. and penalties as restated in PML,
@@ -175,6 +187,9 @@ def generalized_loss(density, points, point_mask, *, stride: int,
   scale = float(max(h, w) * stride if coord_scale is None else coord_scale)
   offset = float(stride if center_offset is None else center_offset)
   pixels = ot.pixel_centers(h, w, stride=stride, offset=offset, scale=scale)
+  if points.shape[1] == 0:  # no point rows at all: one padded row instead
+    points = jnp.zeros((density.shape[0], 1, 2), jnp.float32)
+    point_mask = jnp.zeros((density.shape[0], 1), bool)
   a = density.astype(jnp.float32).reshape(density.shape[0], -1)
 
   def per_image(a_b, points_b, mask_b):

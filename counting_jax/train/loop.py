@@ -136,12 +136,9 @@ def train_and_evaluate(config, workdir) -> dict:
       source, _opt(config.dataset.get("num_train")), config.dataset.draw_seed)
   if lead:
     (workdir / "train_ids.json").write_text(json.dumps(ids))
-  if len(indices) < inp.batch_size:
-    # The pipeline repeats a set smaller than its batch; repeating here makes
-    # the element stream independent of the per-process batch size.
-    indices = indices * -(-inp.batch_size // len(indices))
   ds = pipeline.train_dataset(
-      source, indices=indices, batch_size=local_bs,
+      source, indices=sharding.repeat_to_batch(indices, inp.batch_size),
+      batch_size=local_bs,
       max_points=inp.max_points, seed=config.seed,
       crop_size=_opt(inp.get("crop_size")), flip=inp.flip, vflip=inp.vflip,
       scale_range=_opt(inp.get("scale_range")),
@@ -266,8 +263,6 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
   predict = predict_lib.make_predict_fn(step_lib.make_eval_step(
       model.apply, density_scale=config.density_scale, use_ema=use_ema),
                                         state)
-  tiling = _tiling(config)
-  tile_batch = tiling.pop("tile_batch")
   panel_dir = workdir / "panels"
   panel_dir.mkdir(parents=True, exist_ok=True)
   n_panels = config.get("num_panels", 4)
@@ -279,7 +274,7 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
       indices=mine):
     dens = predict_lib.predict_densities(
         predict, batch["image"], stride=model.stride,
-        multiple=_pad_multiple(config), tile_batch=tile_batch, **tiling)
+        multiple=_pad_multiple(config), **_tiling(config))
     for b in range(dens.shape[0]):
       index = mine[len(rows)]
       rows.append((index, float(dens[b].sum()), float(batch["count"][b]),
@@ -333,9 +328,7 @@ def predict(config, workdir, images_dir, out_dir) -> dict:
   fn = predict_lib.make_predict_fn(step_lib.make_eval_step(
       model.apply, density_scale=config.density_scale,
       use_ema=_ema_decay(config) is not None), state)
-  tiling = _tiling(config)
-  tiling["tile_batch"] = tiling.pop("tile_batch")
   return predict_lib.count_images(
       fn, files, out_dir, stride=model.stride,
       multiple=_pad_multiple(config), mean=config.input.mean,
-      std=config.input.std, tiling_kwargs=tiling)
+      std=config.input.std, tiling_kwargs=_tiling(config))

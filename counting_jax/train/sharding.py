@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 __all__ = ["make_mesh", "replicated", "data_sharded", "shard_batch",
            "check_batch_size", "local_batch_size", "process_batch_index",
+           "repeat_to_batch",
            "initialize_distributed", "local_copy", "replicate"]
 
 
@@ -103,6 +104,21 @@ def process_batch_index(step: int, process_index: int,
   see exactly what one process with the global batch would.
   """
   return step * process_count + process_index
+
+
+def repeat_to_batch(indices, batch_size: int) -> list:
+  """``indices`` repeated until they fill one global batch.
+
+  ``pipeline.train_dataset`` repeats a training set smaller than its batch
+  size before shuffling, so its element stream would depend on the batch
+  size; repeating the indices up to the *global* batch first makes the
+  stream the same for every per-process batch size (and unchanged for one
+  process).
+  """
+  indices = list(indices)
+  if not indices:
+    raise ValueError("indices is empty")
+  return indices * -(-batch_size // len(indices))
 
 
 def shard_batch(batch: dict, mesh) -> dict:

@@ -15,12 +15,15 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+def randomize(module: nn.Module, seed: int = 0,
+              bn_gamma=(0.5, 1.5)) -> nn.Module:
   """Random weights and BatchNorm running stats; eval mode.
 
-  Convs get He-normal weights and biases N(0, 0.1); BN weight/var
-  U(0.5, 1.5), bias/mean N(0, 0.1): activations stay O(1) through depth.
+  Convs get He-normal weights and biases N(0, 0.1); BN weight U(bn_gamma),
+  var U(0.5, 1.5), bias/mean N(0, 0.1). HRNet's sums over branches grow
+  activations by ~1000 with the default; bn_gamma=(0.2, 0.6) keeps them O(1).
   """
+  lo, hi = bn_gamma
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in module.modules():
@@ -31,7 +34,8 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
         if m.bias is not None:
           m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
       elif isinstance(m, nn.BatchNorm2d):
-        m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+        m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * (hi - lo)
+                       + lo)
         m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
         m.running_mean.copy_(torch.randn(m.running_mean.shape,
                                          generator=gen) * 0.1)

@@ -194,7 +194,7 @@ def test_float64_reference_random(use_bg, form):
   size = np.array([70.0, 90.0, 50.0])
   ratio = 1.0 if form == "reciprocal" else 0.15
   kw = dict(sigma=6.0, use_background=use_bg, background=form,
-            image_size=size, targets=targets)
+            image_size=size, targets=targets, distance="exact")
   (loss, aux), grad = jax.jit(jax.value_and_grad(
       lambda d: bayesian_loss(d, pts, mask, stride=4, **kw),
       has_aux=True))(jnp.asarray(dens))
@@ -207,9 +207,9 @@ def test_float64_reference_random(use_bg, form):
 
 
 def test_float64_reference_real_points(shared_data):
-  """Real ShanghaiTech B points (IMG_3, a 256x256 crop), σ and stride 8."""
+  """Real ShanghaiTech A points (test IMG_3, a 256x256 crop), σ, stride 8."""
   mat = sio.loadmat(shared_data("shanghaitech") /
-                    "part_B/test_data/ground-truth/GT_IMG_3.mat")
+                    "part_A/test_data/ground-truth/GT_IMG_3.mat")
   loc = mat["image_info"][0, 0][0, 0]["location"].astype(np.float32)
   p = loc - [300, 200]
   p = p[(p >= 0).all(1) & (p < 256).all(1)]
@@ -219,7 +219,8 @@ def test_float64_reference_real_points(shared_data):
   pts, mask = p[None], np.ones((1, len(p)), bool)
   ones = np.ones((1, len(p)), np.float32)
   (loss, _), grad = jax.value_and_grad(
-      lambda d: bayesian_loss(d, pts, mask, stride=8, image_size=768.0),
+      lambda d: bayesian_loss(d, pts, mask, stride=8, image_size=768.0,
+                              distance="exact"),
       has_aux=True)(jnp.asarray(dens))
   ref_l, ref_g = _reference(dens, pts, mask, ones, sigma=8.0, use_bg=True,
                             form="reciprocal", ratio=1.0,

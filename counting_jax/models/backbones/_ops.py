@@ -4,7 +4,9 @@ Used by the backbones and the crowd counters so that converted PyTorch
 weights give the same outputs:
 
 * ``conv``: ``nn.Conv`` with PyTorch's symmetric explicit padding (Flax
-  "SAME" pads (0, 1) for stride-2 3x3 convs on even inputs, PyTorch (1, 1)).
+  "SAME" pads (0, 1) for stride-2 3x3 convs on even inputs, PyTorch (1, 1)),
+  and a faster CPU kernel gradient for 3x3 convs
+  (:func:`conv_general_dilated`).
 * ``batch_norm``: ``nn.BatchNorm`` with PyTorch's epsilon 1e-5; ``momentum``
   is Flax's (PyTorch momentum m is Flax momentum 1 - m).
 * ``resize_bilinear``: ``F.interpolate(mode='bilinear')`` with either
@@ -12,11 +14,18 @@ weights give the same outputs:
   interpolation matrices (exact for up- and down-sampling).
 * ``upsample_nearest``: ``F.interpolate(scale_factor=k)`` (nearest), a repeat.
 * ``pixel_shuffle``: ``nn.PixelShuffle(r)``.
+* ``max_pool2``: ``nn.MaxPool2d(2, 2)`` (odd sizes floored) as a reshape +
+  max, whose gradient is ~5x faster on CPU than that of ``nn.max_pool``
+  (XLA's select-and-scatter). At ties the gradient is split equally where
+  PyTorch routes it to the first maximum; after a ReLU, ties are zeros whose
+  gradient is zero either way.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,12 +36,71 @@ __all__ = [
     "resize_bilinear",
     "upsample_nearest",
     "pixel_shuffle",
+    "max_pool2",
     "check_image",
 ]
 
 # PyTorch's default conv/linear weight init (kaiming_uniform, a=sqrt(5)) is
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1 / (3 fan_in).
 torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@jax.custom_vjp
+def _conv3x3(x, kernel):
+  return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=_NHWC)
+
+
+def _conv3x3_fwd(x, kernel):
+  return _conv3x3(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(residuals, dy):
+  x, kernel = residuals
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  dx = lax.conv_general_dilated(dy, flipped, (1, 1), ((1, 1), (1, 1)),
+                                dimension_numbers=_NHWC)
+  h, w = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dk = jnp.stack([jnp.stack([
+      jnp.einsum("bhwc,bhwo->co", xp[:, i:i + h, j:j + w], dy)
+      for j in range(3)]) for i in range(3)])
+  return dx, dk.astype(kernel.dtype)
+
+
+_conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, precision=None):
+  """``lax.conv_general_dilated`` with a faster CPU gradient for 3x3 convs.
+
+  For stride-1, padding-1, undilated, ungrouped NHWC 3x3 convs (all of VGG)
+  the kernel gradient is computed as nine matrix products of shifted inputs
+  and output gradients, which XLA:CPU runs faster than its generic
+  backward-filter convolution; the forward pass and the input gradient are
+  XLA's. Other convs go to ``lax.conv_general_dilated`` unchanged.
+  Measured on the BL VGG19 counter (256x256, 2 CPU cores): forward +
+  backward ~25% faster; gradients equal to ~1e-5 relative. Being a
+  ``jax.custom_vjp``, it supports reverse-mode differentiation only (no
+  ``jax.jvp`` / ``jax.jacfwd``).
+  """
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  fast = (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and
+          [tuple(p) for p in padding] == [(1, 1), (1, 1)] and
+          lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
+          and feature_group_count == 1 and precision is None and
+          dimension_numbers == nhwc)
+  if fast:
+    return _conv3x3(lhs, rhs)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, precision=precision)
 
 
 def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = True,
@@ -48,6 +116,7 @@ def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = True,
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias,
                  dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+                 conv_general_dilated=conv_general_dilated,
                  name=name)
 
 
@@ -103,6 +172,13 @@ def pixel_shuffle(x, r: int):
   c = cr2 // (r * r)
   x = x.reshape(b, h, w, c, r, r).transpose(0, 1, 4, 2, 5, 3)
   return x.reshape(b, h * r, w * r, c)
+
+
+def max_pool2(x):
+  """2x2 max-pool, stride 2, of [B, H, W, C] -> [B, H // 2, W // 2, C]."""
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def check_image(image, multiple: int, name: str) -> None:

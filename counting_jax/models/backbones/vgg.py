@@ -52,7 +52,7 @@ class VGG(nn.Module):
     outputs = []
     for b, (depth, width) in enumerate(zip(self.depths, self.widths), 1):
       if b > 1:
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = _ops.max_pool2(x)
       for i in range(1, depth + 1):
         x = _ops.conv(width, 3, use_bias=True, dtype=self.dtype,
                       name=f"conv{b}_{i}")(x)

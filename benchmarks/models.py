@@ -1,0 +1,130 @@
+"""Throughput of the VGG19 counter (BL head): JAX vs the same PyTorch module.
+
+Prints images/s of the forward pass and of forward + backward (gradients of
+the density sum w.r.t. every parameter), float32, NHWC in JAX and NCHW in
+PyTorch (torch threads = 2), in the same run, and the JAX / PyTorch ratio.
+
+  .venv/bin/python benchmarks/models.py            # 512x512, batch 4
+  .venv/bin/python benchmarks/models.py --quick    # 1 timed iteration
+
+The JAX side jits each function once (compile time excluded, reported
+separately) and keeps the parameters on device; timings are the median of
+``--iters`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from counting_jax import models
+
+
+class TorchBLVGG19(nn.Module):
+  """BL's VGG19 + head (``models/vgg.py``), PyTorch default init."""
+
+  def __init__(self):
+    super().__init__()
+    layers, channels = [], 3
+    for b, (depth, width) in enumerate(zip((2, 2, 4, 4, 4),
+                                           (64, 128, 256, 512, 512))):
+      if b:
+        layers.append(nn.MaxPool2d(2, 2))
+      for _ in range(depth):
+        layers += [nn.Conv2d(channels, width, 3, padding=1),
+                   nn.ReLU(inplace=True)]
+        channels = width
+    self.features = nn.Sequential(*layers)
+    self.reg_layer = nn.Sequential(
+        nn.Conv2d(512, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 128, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(128, 1, 1))
+
+  def forward(self, x):
+    x = F.interpolate(self.features(x), scale_factor=2, mode="bilinear",
+                      align_corners=True)
+    return torch.abs(self.reg_layer(x))
+
+
+def _time(fn, iters: int) -> float:
+  fn()  # warm-up
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def bench_jax(batch: int, size: int, iters: int) -> dict[str, float]:
+  model = models.get_model("bl_vgg19")
+  image = jnp.asarray(np.random.default_rng(0).normal(
+      size=(batch, size, size, 3)), jnp.float32)
+  variables = jax.jit(model.init)(jax.random.key(0), image[:1, :64, :64])
+  forward = jax.jit(lambda v, x: model.apply(v, x))
+
+  def total(params, x):
+    return model.apply({"params": params}, x, train=True).sum()
+
+  grad = jax.jit(jax.grad(total))
+  out = {}
+  start = time.perf_counter()
+  forward.lower(variables, image).compile()
+  grad.lower(variables["params"], image).compile()
+  out["compile_s"] = time.perf_counter() - start
+  out["forward"] = _time(lambda: forward(variables, image).block_until_ready(),
+                         iters)
+  out["forward_backward"] = _time(
+      lambda: jax.block_until_ready(grad(variables["params"], image)), iters)
+  return out
+
+
+def bench_torch(batch: int, size: int, iters: int) -> dict[str, float]:
+  torch.set_num_threads(2)
+  module = TorchBLVGG19()
+  image = torch.randn(batch, 3, size, size)
+
+  def forward():
+    with torch.no_grad():
+      module(image)
+
+  def forward_backward():
+    module.zero_grad(set_to_none=True)
+    module(image).sum().backward()
+
+  return {"forward": _time(forward, iters),
+          "forward_backward": _time(forward_backward, iters)}
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--size", type=int, default=512)
+  parser.add_argument("--iters", type=int, default=3)
+  parser.add_argument("--quick", action="store_true",
+                      help="one timed iteration")
+  args = parser.parse_args(argv)
+  iters = 1 if args.quick else args.iters
+  print(f"BL VGG19 counter, float32, batch {args.batch}, "
+        f"{args.size}x{args.size}, median of {iters} (jax "
+        f"{jax.__version__} on {jax.devices()[0].platform}, torch "
+        f"{torch.__version__}, 2 threads)")
+  jx = bench_jax(args.batch, args.size, iters)
+  th = bench_torch(args.batch, args.size, iters)
+  print(f"JAX compile (both functions): {jx['compile_s']:.1f} s")
+  print(f"{'pass':<18}{'JAX img/s':>12}{'PyTorch img/s':>16}{'JAX/PyTorch':>14}")
+  for key in ("forward", "forward_backward"):
+    j, t = args.batch / jx[key], args.batch / th[key]
+    print(f"{key:<18}{j:>12.3f}{t:>16.3f}{j / t:>14.2f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,72 @@
+"""Backbone registry, output strides and full-size parameter counts.
+
+The counts are those of the published networks without their classifiers
+(torchvision VGG19 ``features``: 20,024,384; torchvision ResNet-50 without
+``fc``: 25,557,032 - 2,049,000). Numerical parity with PyTorch is tested in
+``tests/convert/``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from counting_jax.models import backbones
+
+
+def _abstract(model, size=64):
+  image = jnp.zeros((1, size, size, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), image))
+  outputs = jax.eval_shape(lambda v: model.apply(v, image), variables)
+  return variables, outputs
+
+
+def _count(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name,params,strides,channels", [
+    ("vgg19", 20_024_384, (1, 2, 4, 8, 16), (64, 128, 256, 512, 512)),
+    ("vgg16_bn", 14_723_136, (1, 2, 4, 8, 16), (64, 128, 256, 512, 512)),
+    ("resnet50", 23_508_032, (4, 8, 16, 32), (256, 512, 1024, 2048)),
+    ("hrnet_w48", None, (4, 8, 16, 32), (48, 96, 192, 384)),
+    ("hrnet_w40", None, (4, 8, 16, 32), (40, 80, 160, 320)),
+])
+def test_full_size(name, params, strides, channels):
+  variables, outputs = _abstract(backbones.get_backbone(name))
+  if params is not None:
+    assert _count(variables["params"]) == params
+  assert tuple(64 // o.shape[1] for o in outputs) == strides
+  assert tuple(o.shape[-1] for o in outputs) == channels
+
+
+@pytest.mark.parametrize("name", ["vgg19_tiny", "vgg16_bn_tiny",
+                                  "resnet50_tiny", "hrnet_tiny"])
+def test_tiny_variants_keep_the_strides(name):
+  full = name.replace("_tiny", "")
+  full = {"hrnet": "hrnet_w48"}.get(full, full)
+  _, tiny_outputs = _abstract(backbones.get_backbone(name))
+  _, full_outputs = _abstract(backbones.get_backbone(full))
+  assert [o.shape[:3] for o in tiny_outputs] == [o.shape[:3]
+                                                 for o in full_outputs]
+
+
+def test_hrnet_options():
+  model = backbones.get_backbone("hrnet_tiny", stem_strides=(2, 1))
+  _, outputs = _abstract(model)
+  assert outputs[0].shape[1] == 32  # mPrompt's stride-2 branch 0.
+  with pytest.raises(ValueError, match="fuse_upsample"):
+    _abstract(backbones.get_backbone("hrnet_tiny", fuse_upsample="cubic"))
+
+
+def test_bfloat16_outputs_and_float32_params():
+  variables, outputs = _abstract(backbones.get_backbone("hrnet_tiny",
+                                                        dtype=jnp.bfloat16))
+  assert all(o.dtype == jnp.bfloat16 for o in outputs)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+
+
+def test_unknown_name():
+  with pytest.raises(ValueError, match="unknown backbone 'vgg11'; valid"):
+    backbones.get_backbone("vgg11")
