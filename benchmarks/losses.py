@@ -24,8 +24,14 @@ to ``--repeats`` pairs of timed calls, JAX and PyTorch alternating so that
 both see the same background load (fewer pairs once ``--budget`` seconds are
 used, at least three). ``ratio`` = median torch time / median jax time;
 ``ratio of minima`` the same with the fastest calls (less sensitive to a
-loaded machine). ``agree`` = max |∇_jax − ∇_torch| / max |∇_torch|, a check
-that both sides compute the same thing. On a shared machine PyTorch's two
+loaded machine). ``agree``: relative difference of the two loss values, and
+max |∇_jax − ∇_torch| / max |∇_torch| (P2PNet: ∇ w.r.t. the logits), a check
+that both sides compute the same thing (BL's L1 gradient flips sign at
+points whose expected count is within float32 noise of its target, so its
+gradient can differ there by 2·p(y_j|x)). ``official idle ms`` is the
+timing of the official PyTorch code on an idle machine of the same kind
+(``../shared/reference/official_values/README.md``; real points, batch 1)
+and, in brackets, its ratio to the median JAX time measured here. On a shared machine PyTorch's two
 OpenMP threads suffer more from foreign load than XLA's thread pool: compare
 figures measured on an idle machine before reading much into a ratio.
 
@@ -64,6 +70,16 @@ CASES = {  # name: (map side, points, stride)
     "256x256/s2, 1000 pts": (256, 1000, 2),
 }
 QUICK_CASES = ("64x64/s8, 100 pts", "64x64/s8, 1000 pts")
+# Seconds per call of the *official* PyTorch code on an idle 2-core CPU,
+# batch 1, real ShanghaiTech points (../shared/reference/official_values/
+# README.md, "Timing anchors"), for the same four cases.
+OFFICIAL_IDLE_S = {
+    "bayesian": (0.0035, 0.0442, 0.307, 1.133),
+    "dm_count": (0.0275, 0.177, 0.887, 3.665),
+    "gl": (0.0583, 0.756, 5.743, 22.5),
+    "pml": (0.0091, 0.0830, 0.468, 1.703),
+    P2PNET: (0.0468, 0.640, 2.539, None),
+}
 P2PNET = "p2pnet"
 
 
@@ -350,14 +366,17 @@ def _timed_pair(jax_fn, torch_fn, repeats, budget):
           min(torch_t), len(jax_t))
 
 
-def _agreement(g_jax, g_torch):
+def _agreement(jax_out, torch_out):
+  """(relative loss difference, max |∇ difference| / max |∇_torch|)."""
+  (v_jax, g_jax), (v_torch, g_torch) = jax_out, torch_out
   g_jax = np.asarray(g_jax, np.float32)
-  return float(np.abs(g_jax - g_torch).max() /
-               max(np.abs(g_torch).max(), 1e-30))
+  return (abs(float(v_jax) - v_torch) / max(abs(v_torch), 1e-30),
+          float(np.abs(g_jax - g_torch).max() /
+                max(np.abs(g_torch).max(), 1e-30)))
 
 
 def bench_density_loss(name, density, points, mask, stride, repeats, budget):
-  """(jax s, torch s, calls, compile s, agreement) for one density loss."""
+  """((timings), compile s, (loss, gradient) agreement) for one density loss."""
   kw = dict(KWARGS.get(name, {}), stride=stride)
   loss = LOSSES[name]
   vg = jax.jit(jax.value_and_grad(lambda d, p, m: loss(d, p, m, **kw)[0]))
@@ -365,19 +384,20 @@ def bench_density_loss(name, density, points, mask, stride, repeats, budget):
   t0 = time.perf_counter()
   jax.block_until_ready(vg(d, p, m))
   compile_s = time.perf_counter() - t0
-  _, g_jax = jax.block_until_ready(vg(d, p, m))  # warm-up
+  jax_out = jax.block_until_ready(vg(d, p, m))  # warm-up
   torch_fn = TORCH[name]
   pts_t = torch.from_numpy(points)
 
   def torch_call():
     dt = torch.from_numpy(density.copy()).requires_grad_(True)
-    torch_fn(dt, pts_t, stride).backward()
-    return dt.grad
+    value = torch_fn(dt, pts_t, stride)
+    value.backward()
+    return float(value), dt.grad.numpy()
 
-  g_torch = torch_call().numpy()  # warm-up
+  torch_out = torch_call()  # warm-up
   times = _timed_pair(lambda: jax.block_until_ready(vg(d, p, m)), torch_call,
                       repeats, budget)
-  return times, compile_s, _agreement(g_jax, g_torch)
+  return times, compile_s, _agreement(jax_out, torch_out)
 
 
 def bench_p2pnet(side, num_points, batch, repeats, budget):
@@ -389,19 +409,20 @@ def bench_p2pnet(side, num_points, batch, repeats, budget):
   t0 = time.perf_counter()
   jax.block_until_ready(vg(*args))
   compile_s = time.perf_counter() - t0
-  _, (g_jax, _) = jax.block_until_ready(vg(*args))
+  value, (g_jax, _) = jax.block_until_ready(vg(*args))
   pts_t = torch.from_numpy(points)
 
   def torch_call():
     lt = torch.from_numpy(logits.copy()).requires_grad_(True)
     pt = torch.from_numpy(pred.copy()).requires_grad_(True)
-    torch_p2pnet(lt, pt, pts_t).backward()
-    return lt.grad
+    loss = torch_p2pnet(lt, pt, pts_t)
+    loss.backward()
+    return float(loss), lt.grad.numpy()
 
-  g_torch = torch_call().numpy()
+  torch_out = torch_call()
   times = _timed_pair(lambda: jax.block_until_ready(vg(*args)), torch_call,
                       repeats, budget)
-  return times, compile_s, _agreement(g_jax, g_torch)
+  return times, compile_s, _agreement((value, g_jax), torch_out)
 
 
 def iteration_notes(cases, batch):
@@ -464,8 +485,8 @@ def main(argv=None):
         f"{jax.device_count()} device), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), batch {args.batch}\n")
   print("| loss | case | jax ms | torch ms | ratio | ratio of minima | calls "
-        "| jax compile s | agree |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        "| jax compile s | agree: loss, ∇ | official idle ms (ratio) |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for name in names:
     for case in cases:
       side, num_points, stride = CASES[case]
@@ -479,9 +500,14 @@ def main(argv=None):
         res = bench_density_loss(name, *inputs, stride, repeats, budget)
         label = case
       (jax_s, jax_min, torch_s, torch_min, calls), compile_s, agree = res
+      official = OFFICIAL_IDLE_S.get(name, (None,) * 4)[list(CASES).index(
+          case)] if args.batch == 1 else None
+      anchor = ("n/a" if official is None else
+                f"{_ms(official)} ({official / jax_s:.1f})")
       print(f"| {name} | {label} | {_ms(jax_s)} | {_ms(torch_s)} "
             f"| {torch_s / jax_s:.1f} | {torch_min / jax_min:.1f} | {calls} "
-            f"| {compile_s:.1f} | {agree:.1e} |", flush=True)
+            f"| {compile_s:.1f} | {agree[0]:.0e}, {agree[1]:.0e} "
+            f"| {anchor} |", flush=True)
   if {"dm_count", "gl"} & set(names):
     print()
     for note in iteration_notes(cases, args.batch):

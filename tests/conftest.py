@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import jax
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("COUNTING_JAX_SHARED", REPO.parent / "shared"))
+if str(REPO) not in sys.path:  # config files: ``from configs import ...``
+  sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture

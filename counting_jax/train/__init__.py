@@ -1,1 +1,2 @@
-"""Training: state, optimiser, steps, sharding, checkpoints, logging, loop."""
+"""Training: state, optimiser, steps, sharding (devices and hosts), checkpoints,
+logging, loop, tiled full-resolution prediction."""

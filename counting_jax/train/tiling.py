@@ -21,6 +21,16 @@ mass where they agree (mass-correct):
   inner tile edges, > 0 everywhere), then are normalised per pixel; seams
   of models with large receptive fields are smoothed.
 
+Padding rules: (1) the image is zero-padded (uint8 0, before normalising)
+at the bottom/right to a multiple of ``m``, exactly as for untiled
+evaluation, and the count is the sum of the stitched map over the whole
+padded grid, so a tiled and an untiled count differ only by seams;
+(2) tiles are never padded: a side shorter than ``tile`` gets one window of
+its own length; (3) at the image border a tile sees the same zero padding
+of its convolutions as the whole image does, so only inner tile edges
+create border effects, and those are what the overlap and the weights
+hide. ``tile`` and ``overlap`` must be multiples of ``m``.
+
 Everything here is NumPy on the host: :func:`tile_grid` and
 :func:`tile_image` cut, :func:`stitch` blends; the model runs in between.
 """

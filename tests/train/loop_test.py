@@ -37,7 +37,7 @@ ARGS = [f"--config.total_steps={TOTAL}", "--config.checkpoint_every=1",
 @pytest.fixture(scope="module", autouse=True)
 def _fast_compiles():
   """Tiny programs: XLA's optimisations cost more than they save here."""
-  old = jax.config.jax_disable_most_optimizations
+  old = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", old)

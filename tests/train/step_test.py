@@ -15,7 +15,7 @@ import _train_worker as worker  # pylint: disable=g-import-not-at-top
 @pytest.fixture(scope="module", autouse=True)
 def _fast_compiles():
   """Tiny programs: XLA's optimisations cost more than they save here."""
-  old = jax.config.jax_disable_most_optimizations
+  old = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", old)
