@@ -24,16 +24,17 @@ to ``--repeats`` pairs of timed calls, JAX and PyTorch alternating so that
 both see the same background load (fewer pairs once ``--budget`` seconds are
 used, at least three). ``ratio`` = median torch time / median jax time;
 ``ratio of minima`` the same with the fastest calls (less sensitive to a
-loaded machine). ``agree``: relative difference of the two loss values, and
-max |∇_jax − ∇_torch| / max |∇_torch| (P2PNet: ∇ w.r.t. the logits), a check
-that both sides compute the same thing (BL's L1 gradient flips sign at
-points whose expected count is within float32 noise of its target, so its
-gradient can differ there by 2·p(y_j|x)). ``official idle ms`` is the
+loaded machine). ``agree``: relative difference of the two loss values,
+and max |∇_jax − ∇_torch| / max |∇_torch| (P2PNet: ∇ w.r.t. the logits), a
+check that both sides compute the same thing (BL's L1 gradient flips sign
+at points whose expected count is within float32 noise of its target, so
+its gradient can differ there by 2·p(y_j|x)). ``official idle ms`` is the
 timing of the official PyTorch code on an idle machine of the same kind
 (``../shared/reference/official_values/README.md``; real points, batch 1)
-and, in brackets, its ratio to the median JAX time measured here. On a shared machine PyTorch's two
-OpenMP threads suffer more from foreign load than XLA's thread pool: compare
-figures measured on an idle machine before reading much into a ratio.
+and, in brackets, its ratio to the median JAX time measured here. On a
+shared machine PyTorch's two OpenMP threads suffer much more from foreign
+load than XLA's thread pool (small torch calls slow down 10-100x): compare
+with figures from an idle machine before reading much into a ratio.
 
 Usage::
 
@@ -44,7 +45,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import statistics
 import time
@@ -70,6 +70,7 @@ CASES = {  # name: (map side, points, stride)
     "256x256/s2, 1000 pts": (256, 1000, 2),
 }
 QUICK_CASES = ("64x64/s8, 100 pts", "64x64/s8, 1000 pts")
+P2PNET = "p2pnet"
 # Seconds per call of the *official* PyTorch code on an idle 2-core CPU,
 # batch 1, real ShanghaiTech points (../shared/reference/official_values/
 # README.md, "Timing anchors"), for the same four cases.
@@ -80,7 +81,6 @@ OFFICIAL_IDLE_S = {
     "pml": (0.0091, 0.0830, 0.468, 1.703),
     P2PNET: (0.0468, 0.640, 2.539, None),
 }
-P2PNET = "p2pnet"
 
 
 # ----------------------------------------------------------------- inputs ---
@@ -117,11 +117,20 @@ def _centres(size, stride, offset):
   return torch.arange(size, dtype=torch.float32) * stride + offset
 
 
-def _sq_dist(pts, h, w, stride, offset):
-  """[N, h*w] squared distances to the cell centres (exact form)."""
+def _sq_dist(pts, h, w, stride, offset, expanded=False):
+  """[N, h*w] squared distances to the cell centres.
+
+  ``expanded``: the official float32 evaluation (−2·x·c + x·x + c·c) of BL's
+  ``post_prob.py`` and DM-Count's ``ot_loss.py``, the library's default for
+  those two losses; otherwise the exact (x − c)².
+  """
   xs, ys = _centres(w, stride, offset), _centres(h, stride, offset)
-  dx = (pts[:, 0:1] - xs) ** 2
-  dy = (pts[:, 1:2] - ys) ** 2
+  px, py = pts[:, 0:1], pts[:, 1:2]
+  if expanded:
+    dx = -2.0 * (px * xs) + px * px + xs * xs
+    dy = -2.0 * (py * ys) + py * py + ys * ys
+  else:
+    dx, dy = (px - xs) ** 2, (py - ys) ** 2
   return (dy[:, :, None] + dx[:, None, :]).reshape(pts.shape[0], h * w)
 
 
@@ -149,7 +158,7 @@ def torch_bayesian(density, points, stride, sigma=8.0, ratio=1.0):
   total = 0.0
   for b in range(bsz):  # the official Bay_Loss loops over images
     with torch.no_grad():
-      dist = _sq_dist(points[b], h, w, stride, stride / 2)
+      dist = _sq_dist(points[b], h, w, stride, stride / 2, expanded=True)
       min_dist = dist.min(0, keepdim=True).values.clamp_min(0.0)
       bg = (min(h, w) * stride * ratio) ** 2 / (min_dist + 1e-5)
       post = torch.softmax(-torch.cat([dist, bg], 0) / (2 * sigma**2), 0)
@@ -185,7 +194,7 @@ def torch_dm_count(density, points, stride, eps=10.0, wot=0.1, wtv=0.01):
   for b in range(bsz):  # OT_Loss loops over images and sums
     with torch.no_grad():
       m = points.shape[1]
-      cost = _sq_dist(points[b], h, w, stride, stride / 2)
+      cost = _sq_dist(points[b], h, w, stride, stride / 2, expanded=True)
       mu_b = mu[b]
       b_mass = mu_b / (mu_b.sum() + 1e-6)
       a_mass = torch.full((m,), 1.0 / m)
@@ -392,7 +401,7 @@ def bench_density_loss(name, density, points, mask, stride, repeats, budget):
     dt = torch.from_numpy(density.copy()).requires_grad_(True)
     value = torch_fn(dt, pts_t, stride)
     value.backward()
-    return float(value), dt.grad.numpy()
+    return float(value.detach()), dt.grad.numpy()
 
   torch_out = torch_call()  # warm-up
   times = _timed_pair(lambda: jax.block_until_ready(vg(d, p, m)), torch_call,
@@ -417,7 +426,7 @@ def bench_p2pnet(side, num_points, batch, repeats, budget):
     pt = torch.from_numpy(pred.copy()).requires_grad_(True)
     loss = torch_p2pnet(lt, pt, pts_t)
     loss.backward()
-    return float(loss), lt.grad.numpy()
+    return float(loss.detach()), lt.grad.numpy()
 
   torch_out = torch_call()
   times = _timed_pair(lambda: jax.block_until_ready(vg(*args)), torch_call,
@@ -425,7 +434,7 @@ def bench_p2pnet(side, num_points, batch, repeats, budget):
   return times, compile_s, _agreement((value, g_jax), torch_out)
 
 
-def iteration_notes(cases, batch):
+def iteration_notes(cases):
   """Sinkhorn iterations (DM-Count) and ε-schedule lengths (GL) per case."""
   notes = []
   for case in cases:
@@ -510,7 +519,7 @@ def main(argv=None):
             f"| {anchor} |", flush=True)
   if {"dm_count", "gl"} & set(names):
     print()
-    for note in iteration_notes(cases, args.batch):
+    for note in iteration_notes(cases):
       print(f"- {note}")
 
 

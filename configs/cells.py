@@ -17,7 +17,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, model="unet", draw=0, smoke=False, width=16)
+  a = common.parse_arg(arg, model="unet", draw=0, smoke=False, width=8)
   c = ml_collections.ConfigDict()
   c.seed = a["draw"]
   c.dataset = ml_collections.ConfigDict(dict(
@@ -25,7 +25,7 @@ def get_config(arg=None):
       draw_seed=a["draw"], data_dir="", manual_dir=""))
   c.input = ml_collections.ConfigDict(dict(
       batch_size=8, crop_size=(128, 128), flip=True, vflip=True,
-      scale_range=None, max_points=256, pad_multiple=8, eval_batch_size=20,
+      scale_range=None, max_points=320, pad_multiple=8, eval_batch_size=20,
       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
   kwargs = {}
   if a["model"] == "unet":
@@ -38,7 +38,7 @@ def get_config(arg=None):
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=3e-3, schedule="cosine", warmup_steps=50,
       weight_decay=0.0, clip_norm=10.0))
-  c.total_steps = 1200
+  c.total_steps = 1500
   c.log_every = 25
   c.checkpoint_every = 200
   c.num_panels = 4

@@ -35,7 +35,11 @@ from counting_jax import losses as losses_lib
 from counting_jax import metrics as metrics_lib
 from counting_jax import models as models_lib
 from counting_jax.data import pipeline
-from counting_jax.train import checkpoint, optim, panels, predict as predict_lib, sharding, state as state_lib, step as step_lib, writers
+from counting_jax.train import checkpoint, optim, panels, pretrained, sharding
+from counting_jax.train import predict as predict_lib
+from counting_jax.train import state as state_lib
+from counting_jax.train import step as step_lib
+from counting_jax.train import writers
 
 __all__ = ["train_and_evaluate", "evaluate", "predict",
            "select_train_indices"]
@@ -152,6 +156,13 @@ def train_and_evaluate(config, workdir) -> dict:
   state = state_lib.create_train_state(
       model, tx, jax.random.PRNGKey(config.seed),
       (1, *first["image"].shape[1:]), ema=ema_decay is not None)
+  init_path = _opt(config.get("init_checkpoint"))
+  if init_path:
+    state, where = pretrained.load_pretrained(state, init_path)
+    if ema_decay is not None:
+      state = state.replace(ema_params=state.params)
+    if lead:
+      print(f"initialised the {where} from {init_path}")
   state = sharding.replicate(state, mesh)
   manager = checkpoint.make_manager(workdir / "checkpoints")
   restored, meta = checkpoint.restore_latest(manager, state)

@@ -85,9 +85,12 @@ def test_max_pool2_matches_torch(shape):
   np.testing.assert_array_equal(grad, x.grad.permute(0, 2, 3, 1).numpy())
 
 
-@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (1, 1)])
-def test_conv_gradients_match_lax(kernel, stride):
-  """The custom 3x3 kernel gradient equals XLA's (other convs: lax itself)."""
+@pytest.mark.parametrize("kernel,stride,budget", [
+    (3, 1, 1 << 22), (3, 1, 2 * 3 * 8 * 45), (3, 2, 1 << 22), (1, 1, 1 << 22)])
+def test_conv_gradients_match_lax(kernel, stride, budget, monkeypatch):
+  """The custom 3x3 kernel gradient equals XLA's (other convs: lax itself),
+  in one block of patches or (small budget) in 3 blocks of 3 rows."""
+  monkeypatch.setattr(_ops, "_PATCH_BUDGET", budget)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 9, 8, 5)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 4)), jnp.float32)
