@@ -9,7 +9,7 @@ PyTorch (torch threads = 2), in the same run, and the JAX / PyTorch ratio.
 
 The JAX side jits each function once (compile time excluded, reported
 separately) and keeps the parameters on device; timings are the median of
-``--iters`` runs after one warm-up.
+``--iters`` runs after one warm-up round, JAX and PyTorch alternating.
 """
 
 from __future__ import annotations
@@ -54,17 +54,8 @@ class TorchBLVGG19(nn.Module):
     return torch.abs(self.reg_layer(x))
 
 
-def _time(fn, iters: int) -> float:
-  fn()  # warm-up
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def bench_jax(batch: int, size: int, iters: int) -> dict[str, float]:
+def jax_functions(batch: int, size: int):
+  """{pass: zero-argument function} of the JAX counter, compiled."""
   model = models.get_model("bl_vgg19")
   image = jnp.asarray(np.random.default_rng(0).normal(
       size=(batch, size, size, 3)), jnp.float32)
@@ -75,19 +66,17 @@ def bench_jax(batch: int, size: int, iters: int) -> dict[str, float]:
     return model.apply({"params": params}, x, train=True).sum()
 
   grad = jax.jit(jax.grad(total))
-  out = {}
   start = time.perf_counter()
   forward.lower(variables, image).compile()
   grad.lower(variables["params"], image).compile()
-  out["compile_s"] = time.perf_counter() - start
-  out["forward"] = _time(lambda: forward(variables, image).block_until_ready(),
-                         iters)
-  out["forward_backward"] = _time(
-      lambda: jax.block_until_ready(grad(variables["params"], image)), iters)
-  return out
+  print(f"JAX compile (both functions): {time.perf_counter() - start:.1f} s")
+  return {"forward": lambda: forward(variables, image).block_until_ready(),
+          "forward_backward": lambda: jax.block_until_ready(
+              grad(variables["params"], image))}
 
 
-def bench_torch(batch: int, size: int, iters: int) -> dict[str, float]:
+def torch_functions(batch: int, size: int):
+  """{pass: zero-argument function} of the PyTorch counter (2 threads)."""
   torch.set_num_threads(2)
   module = TorchBLVGG19()
   image = torch.randn(batch, 3, size, size)
@@ -100,8 +89,22 @@ def bench_torch(batch: int, size: int, iters: int) -> dict[str, float]:
     module.zero_grad(set_to_none=True)
     module(image).sum().backward()
 
-  return {"forward": _time(forward, iters),
-          "forward_backward": _time(forward_backward, iters)}
+  return {"forward": forward, "forward_backward": forward_backward}
+
+
+def measure(functions: dict, iters: int) -> dict[str, dict[str, float]]:
+  """Median seconds per call; JAX and PyTorch runs alternate, so that a
+  change of load on a shared machine affects both alike."""
+  times = {fw: {p: [] for p in fns} for fw, fns in functions.items()}
+  for it in range(iters + 1):  # the first round warms up.
+    for name in ("forward", "forward_backward"):
+      for fw, fns in functions.items():
+        start = time.perf_counter()
+        fns[name]()
+        if it:
+          times[fw][name].append(time.perf_counter() - start)
+  return {fw: {p: statistics.median(t) for p, t in d.items()}
+          for fw, d in times.items()}
 
 
 def main(argv=None) -> None:
@@ -117,9 +120,10 @@ def main(argv=None) -> None:
         f"{args.size}x{args.size}, median of {iters} (jax "
         f"{jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__}, 2 threads)")
-  jx = bench_jax(args.batch, args.size, iters)
-  th = bench_torch(args.batch, args.size, iters)
-  print(f"JAX compile (both functions): {jx['compile_s']:.1f} s")
+  functions = {"jax": jax_functions(args.batch, args.size),
+               "torch": torch_functions(args.batch, args.size)}
+  result = measure(functions, iters)
+  jx, th = result["jax"], result["torch"]
   print(f"{'pass':<18}{'JAX img/s':>12}{'PyTorch img/s':>16}{'JAX/PyTorch':>14}")
   for key in ("forward", "forward_backward"):
     j, t = args.batch / jx[key], args.batch / th[key]

@@ -47,3 +47,24 @@ def test_crowd_config_trains_and_evaluates(loss, shb_root, tmp_path):
 def test_unknown_loss_is_refused():
   with pytest.raises(ValueError, match="loss must be one of"):
     crowd_shb.get_config("loss=mse")
+
+
+def test_eval_of_a_converted_checkpoint_without_training(shb_root, tmp_path):
+  """``counting-jax convert`` output evaluated directly: all-zero weights give
+  an all-zero density, so the MAE is the mean true count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from counting_jax import convert  # pylint: disable=g-import-not-at-top
+  root, data_dir = shb_root
+  config = crowd_shb.get_config("loss=dm_count,smoke=True")
+  config.dataset.manual_dir = str(root)
+  config.dataset.data_dir = str(data_dir)
+  model = convert.build_model(config.model.name)
+  zeros = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
+                       convert.abstract_variables(model))
+  config.init_checkpoint = str(convert.save_variables(zeros, tmp_path / "w"))
+  result = loop.evaluate(config, tmp_path / "run")
+  counts = json.loads((tmp_path / "run" / "counts.json").read_text())
+  trues = [v["true"] for v in counts.values()]
+  assert all(v["pred"] == 0 for v in counts.values())
+  assert result["mae"] == np.mean(trues) > 0

@@ -218,10 +218,12 @@ def train_and_evaluate(config, workdir) -> dict:
 
 
 def _restore_for_eval(config, workdir):
-  """(model, state) of the newest checkpoint in ``workdir``.
+  """(model, state) of the newest checkpoint in ``workdir``, else of the
+  converted whole-model checkpoint ``config.init_checkpoint``.
 
   Raises:
-    FileNotFoundError: when there is none.
+    FileNotFoundError: when there is neither.
+    ValueError: when ``init_checkpoint`` holds only backbone weights.
   """
   model, _, tx = _build(config)
   m = _pad_multiple(config)
@@ -232,8 +234,19 @@ def _restore_for_eval(config, workdir):
   manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
   state, _ = checkpoint.restore_latest(manager, target)
   manager.close()
+  init_path = _opt(config.get("init_checkpoint"))
+  if state is None and init_path:
+    # A converted whole-model checkpoint (counting-jax convert), untrained.
+    state, where = pretrained.load_pretrained(target, init_path)
+    if where != "model":
+      raise ValueError(f"{init_path} holds backbone weights only; evaluating "
+                       "needs a whole counter (or a trained run in workdir)")
+    if _ema_decay(config) is not None:
+      state = state.replace(ema_params=state.params)
+    state = sharding.replicate(state, sharding.make_mesh())
   if state is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no "
+                            "config.init_checkpoint")
   return model, state
 
 
