@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from counting_jax import grid
@@ -11,7 +12,7 @@ __all__ = ["squared_distances", "abs_with_zero_subgradient"]
 
 def squared_distances(points, shape, *, stride: int,
                       center_offset: float | None = None,
-                      distance: str = "exact"):
+                      distance: str = "exact", pixels_first: bool = False):
   """Squared distances from points to the centres of an h x w density map.
 
   Args:
@@ -23,9 +24,12 @@ def squared_distances(points, shape, *, stride: int,
       evaluation order of BL's ``post_prob.py`` and DM-Count's
       ``ot_loss.py``: (−2·x·c + x·x + c·c) + (same for y), which differs from
       the exact value by up to ~1e-7·(x² + c²) (≈ 0.03 px² on a 512 crop).
+    pixels_first: return the transposed layout [..., h*w, N] (the same
+      values), so that reductions over the points run along the last axis.
 
   Returns:
-    float32 [..., N, h*w], pixels flattened row-major.
+    float32 [..., N, h*w], or [..., h*w, N] with ``pixels_first``; pixels
+    flattened row-major.
 
   Raises:
     ValueError: for an unknown ``distance``.
@@ -44,6 +48,16 @@ def squared_distances(points, shape, *, stride: int,
   else:
     raise ValueError(
         f"distance must be 'exact' or 'expanded', got {distance!r}")
+  if pixels_first:
+    # The barrier keeps dx, dy in their own small fusions: fused into the
+    # transposed [..., h*w, N] consumer, XLA's CPU code generator may
+    # contract the expansion into FMAs (up to ~0.06 px² off the float32
+    # evaluation above on a 512 crop).
+    dx, dy = jax.lax.optimization_barrier((dx, dy))
+    dx = jnp.swapaxes(dx, -1, -2)  # [..., w, N]
+    dy = jnp.swapaxes(dy, -1, -2)  # [..., h, N]
+    d = dy[..., :, None, :] + dx[..., None, :, :]
+    return d.reshape(*d.shape[:-3], h * w, d.shape[-1])
   d = dy[..., :, None] + dx[..., None, :]
   return d.reshape(*d.shape[:-2], h * w)
 

@@ -56,30 +56,45 @@ def sinkhorn_knopp(a, b, cost, *, epsilon: float, num_iters: int = 100,
   m, n = kernel.shape
   hi = jax.lax.Precision.HIGHEST
 
-  def cond(state):
-    it, _, _, err, stopped = state
-    return (err > stop_threshold) & (it <= num_iters) & ~stopped
-
-  def body(state):
-    it, u, v, err, _ = state
+  def step(_, state):
+    it, u, v, stopped = state
     v_new = b / (jnp.matmul(u, kernel, precision=hi) + _TINY)
     u_new = a / (jnp.matmul(kernel, v_new, precision=hi) + _TINY)
-    bad = ~(jnp.all(jnp.isfinite(u_new)) & jnp.all(jnp.isfinite(v_new)))
-    u_new = jnp.where(bad, u, u_new)
-    v_new = jnp.where(bad, v, v_new)
-    new_err = jnp.sum(jnp.square(
-        b - jnp.matmul(u_new, kernel, precision=hi) * v_new))
-    err = jnp.where(~bad & (it % check_every == 0), new_err, err)
-    return it + jnp.where(bad, 0, 1), u_new, v_new, err, bad
+    bad = stopped | ~(jnp.all(jnp.isfinite(u_new)) &
+                      jnp.all(jnp.isfinite(v_new)))
+    return (it + jnp.where(bad, 0, 1), jnp.where(bad, u, u_new),
+            jnp.where(bad, v, v_new), bad)
+
+  # Blocks of ``check_every`` plain updates with one error check after
+  # each (the official loop checks at iterations check_every, 2·check_every,
+  # ...), then the num_iters % check_every unchecked remaining ones.
+  num_blocks, rest = divmod(num_iters, check_every)
+
+  def block_cond(state):
+    block, err, (_, _, _, stopped) = state
+    return (err > stop_threshold) & (block < num_blocks) & ~stopped
+
+  def block_body(state):
+    block, err, inner = state
+    inner = jax.lax.fori_loop(0, check_every, step, inner)
+    _, u, v, stopped = inner
+    new_err = jnp.sum(jnp.square(b - jnp.matmul(u, kernel, precision=hi) * v))
+    return block + 1, jnp.where(stopped, err, new_err), inner
 
   if u_init is None:
     u_init = 1.0 / m
-  state = (jnp.int32(1),
+  inner = (jnp.int32(0),
            jnp.broadcast_to(jnp.asarray(u_init, jnp.float32), (m,)),
-           jnp.full((n,), 1.0 / n, jnp.float32), jnp.float32(1.0),
-           jnp.bool_(False))
-  it, u, v, _, _ = jax.lax.while_loop(cond, body, state)
-  return u, v, it - 1
+           jnp.full((n,), 1.0 / n, jnp.float32), jnp.bool_(False))
+  _, err, inner = jax.lax.while_loop(
+      block_cond, block_body, (jnp.int32(0), jnp.float32(1.0), inner))
+  if rest:
+    # Only run while the official loop would: not stopped, err above.
+    run = (err > stop_threshold) & ~inner[3]
+    inner = jax.lax.fori_loop(0, rest, step,
+                              inner[:3] + (inner[3] | ~run,))
+  it, u, v, _ = inner
+  return u, v, it
 
 
 def ot_gradient_surrogate(mu, beta):
