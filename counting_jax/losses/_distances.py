@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 
 from counting_jax import grid
 
@@ -35,25 +35,29 @@ def squared_distances(points, shape, *, stride: int,
     ValueError: for an unknown ``distance``.
   """
   h, w = shape
-  xs = grid.cell_centers(w, stride, center_offset)
-  ys = grid.cell_centers(h, stride, center_offset)
+  # Static centres: their squares are constants, not multiplies.
+  xs = np.asarray(grid.cell_centers(w, stride, center_offset), np.float32)
+  ys = np.asarray(grid.cell_centers(h, stride, center_offset), np.float32)
   px = points[..., 0:1]
   py = points[..., 1:2]
   if distance == "exact":
     dx = jnp.square(px - xs)
     dy = jnp.square(py - ys)
   elif distance == "expanded":
-    dx = -2.0 * (px * xs) + px * px + xs * xs
-    dy = -2.0 * (py * ys) + py * py + ys * ys
+    # XLA's CPU code generator may contract a multiply feeding an add into
+    # one FMA (depending on the layout it vectorises), which rounds
+    # differently (up to ~0.06 px² here) from the official separate float32
+    # operations. The squares of the points are thus taken through a select
+    # (p == p, value-preserving, NaN stays NaN) that stops the contraction;
+    # the remaining −2·(x·c) = (x·c)·(−2) is exact either way.
+    pxx = jnp.where(px == px, px * px, jnp.nan)
+    pyy = jnp.where(py == py, py * py, jnp.nan)
+    dx = -2.0 * (px * xs) + pxx + xs * xs
+    dy = -2.0 * (py * ys) + pyy + ys * ys
   else:
     raise ValueError(
         f"distance must be 'exact' or 'expanded', got {distance!r}")
   if pixels_first:
-    # The barrier keeps dx, dy in their own small fusions: fused into the
-    # transposed [..., h*w, N] consumer, XLA's CPU code generator may
-    # contract the expansion into FMAs (up to ~0.06 px² off the float32
-    # evaluation above on a 512 crop).
-    dx, dy = jax.lax.optimization_barrier((dx, dy))
     dx = jnp.swapaxes(dx, -1, -2)  # [..., w, N]
     dy = jnp.swapaxes(dy, -1, -2)  # [..., h, N]
     d = dy[..., :, None, :] + dx[..., None, :, :]
