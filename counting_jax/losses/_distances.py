@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,9 +36,11 @@ def squared_distances(points, shape, *, stride: int,
     ValueError: for an unknown ``distance``.
   """
   h, w = shape
-  # Static centres: their squares are constants, not multiplies.
-  xs = np.asarray(grid.cell_centers(w, stride, center_offset), np.float32)
-  ys = np.asarray(grid.cell_centers(h, stride, center_offset), np.float32)
+  # Static centres (also under jit): their squares are constants, not
+  # multiplies.
+  with jax.ensure_compile_time_eval():
+    xs = np.asarray(grid.cell_centers(w, stride, center_offset), np.float32)
+    ys = np.asarray(grid.cell_centers(h, stride, center_offset), np.float32)
   px = points[..., 0:1]
   py = points[..., 1:2]
   if distance == "exact":

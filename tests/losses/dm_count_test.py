@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +20,8 @@ STRIDE = 8
 
 
 @pytest.fixture(scope="module")
-def official(shared_dir):
-  path = shared_dir / "reference/official_values/dmcount.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  z = np.load(path)
-  names = json.loads(str(z["meta_json"]))["cases"]
-  n = max(len(z[f"{c}/points"]) for c in names)
-  pts = np.zeros((len(names), n, 2), np.float32)
-  mask = np.zeros((len(names), n), bool)
-  for b, c in enumerate(names):
-    m = len(z[f"{c}/points"])
-    pts[b, :m] = z[f"{c}/points"]
-    mask[b, :m] = True
+def official(official_cases):
+  z, _, names, pts, mask = official_cases("dmcount")
   dens = np.stack([z[f"{c}/density"] for c in names])
   return z, names, dens, pts, mask
 

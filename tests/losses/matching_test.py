@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +13,8 @@ from counting_jax.losses import p2p_matching, p2pnet_loss
 
 
 @pytest.fixture(scope="module")
-def official(shared_dir):
-  path = shared_dir / "reference/official_values/p2pnet.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  z = np.load(path)
-  names = json.loads(str(z["meta_json"]))["cases"]
-  n = max(len(z[f"{c}/points"]) for c in names)
-  pts = np.zeros((len(names), n, 2), np.float32)
-  mask = np.zeros((len(names), n), bool)
-  for b, c in enumerate(names):
-    m = len(z[f"{c}/points"])
-    pts[b, :m] = z[f"{c}/points"]
-    mask[b, :m] = True
+def official(official_cases):
+  z, _, names, pts, mask = official_cases("p2pnet")
   logits = np.stack([z[f"{c}/pred_logits"] for c in names])
   preds = np.stack([z[f"{c}/pred_points"] for c in names])
   return z, names, logits, preds, pts, mask
