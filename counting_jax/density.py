@@ -22,7 +22,7 @@ from scipy import spatial
 
 from counting_jax import grid
 
-__all__ = ["gaussian_density", "knn_sigma", "sum_pool"]
+__all__ = ["gaussian_density", "knn_sigma", "adaptive_sigma", "sum_pool"]
 
 _MIN_SIGMA = 1e-3
 
@@ -112,6 +112,34 @@ def knn_sigma(points: np.ndarray, *, k: int = 3, beta: float = 0.3,
   kk = min(k, n - 1)
   dist, _ = spatial.cKDTree(points).query(points, k=kk + 1)
   return (beta * dist[:, 1:].mean(axis=1)).astype(np.float32)
+
+
+def adaptive_sigma(points, point_mask, *, k: int = 3, beta: float = 0.3,
+                   isolated_sigma: float = 15.0):
+  """:func:`knn_sigma` for padded points, in JAX (jit-able; O(N²) memory).
+
+  Args:
+    points: float [N, 2], (x, y) in input-image pixels.
+    point_mask: bool [N]; padded rows get σ = ``isolated_sigma`` (unused).
+    k, beta, isolated_sigma: as :func:`knn_sigma` (MCNN: k=3, β=0.3).
+
+  Returns:
+    float32 [N] σ in input pixels; a point with fewer than k real neighbours
+    averages the ones it has, a lone point gets ``isolated_sigma``.
+  """
+  points = jnp.asarray(points, jnp.float32)
+  mask = jnp.asarray(point_mask, bool)
+  n = points.shape[0]
+  diff = points[:, None, :] - points[None, :, :]
+  dist = jnp.sqrt(jnp.sum(diff * diff, -1))
+  valid = mask[:, None] & mask[None, :] & ~jnp.eye(n, dtype=bool)
+  dist = jnp.where(valid, dist, jnp.inf)
+  kk = min(k, max(n - 1, 1))
+  nearest = -jax.lax.top_k(-dist, kk)[0]  # [N, kk] ascending
+  finite = jnp.isfinite(nearest)
+  count = finite.sum(-1)
+  mean = jnp.where(finite, nearest, 0.0).sum(-1) / jnp.maximum(count, 1)
+  return jnp.where(count > 0, beta * mean, isolated_sigma).astype(jnp.float32)
 
 
 def sum_pool(density, stride: int):

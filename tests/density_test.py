@@ -115,3 +115,15 @@ def test_grid_conventions():
 def test_bad_points_shape_raises():
   with pytest.raises(ValueError, match="points must be"):
     density.gaussian_density(np.zeros((3, 3)), np.ones(3, bool), (4, 4), 1.0)
+
+
+def test_adaptive_sigma_matches_knn_sigma_with_padding():
+  rng = np.random.default_rng(3)
+  pts = _points(rng, 25, 80)
+  padded = np.concatenate([pts, np.zeros((7, 2), np.float32)])
+  mask = np.arange(32) < 25
+  got = jax.jit(density.adaptive_sigma)(padded, mask)
+  np.testing.assert_allclose(np.asarray(got)[:25], density.knn_sigma(pts),
+                             rtol=1e-5)
+  lone = density.adaptive_sigma(padded, np.arange(32) < 1, isolated_sigma=9.0)
+  assert float(lone[0]) == 9.0

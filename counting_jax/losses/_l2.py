@@ -13,7 +13,7 @@ __all__ = ["gaussian_l2_loss"]
 
 def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
                      kernel: str = "integrated", scale: float = 1.0,
-                     reduction: str = "sum"):
+                     reduction: str = "sum", knn: int = 3, beta: float = 0.3):
   """Pixel L2 between a predicted density and a Gaussian density target.
 
   .. math::
@@ -29,7 +29,10 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
     points: float [B, N, 2], (x, y) in input-image pixels.
     point_mask: bool [B, N]; images without points are allowed.
     stride: input pixels per density pixel.
-    sigma: Gaussian σ in input pixels, scalar or float [B, N] (e.g. kNN σ).
+    sigma: Gaussian σ in input pixels: a scalar, float [B, N] per point, or
+      "adaptive" for the geometry-adaptive σ of MCNN (β · mean distance to
+      the ``knn`` nearest points, :func:`counting_jax.density.adaptive_sigma`).
+    knn, beta: neighbours and multiplier of the adaptive σ (MCNN: 3, 0.3).
     kernel: "integrated" (exact mass per cell) or "sampled" (Gaussian at cell
       centres, then renormalised), see ``gaussian_density``.
     scale: density multiplier applied to prediction and target before the
@@ -52,6 +55,12 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
   if reduction not in ("sum", "mean"):
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
   _, h, w = density.shape
+  if isinstance(sigma, str):
+    if sigma != "adaptive":
+      raise ValueError(f"sigma must be a number, an array or 'adaptive', "
+                       f"got {sigma!r}")
+    sigma = jax.vmap(lambda p, m: density_lib.adaptive_sigma(
+        p, m, k=knn, beta=beta))(points, point_mask)
   sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), point_mask.shape)
   target = jax.vmap(
       lambda p, m, s: density_lib.gaussian_density(
