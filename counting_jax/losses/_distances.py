@@ -8,7 +8,8 @@ import numpy as np
 
 from counting_jax import grid
 
-__all__ = ["squared_distances", "abs_with_zero_subgradient"]
+__all__ = ["squared_distances", "axis_squared_distances",
+           "abs_with_zero_subgradient"]
 
 
 def squared_distances(points, shape, *, stride: int,
@@ -31,6 +32,37 @@ def squared_distances(points, shape, *, stride: int,
   Returns:
     float32 [..., N, h*w], or [..., h*w, N] with ``pixels_first``; pixels
     flattened row-major.
+
+  Raises:
+    ValueError: for an unknown ``distance``.
+  """
+  dx, dy = axis_squared_distances(points, shape, stride=stride,
+                                  center_offset=center_offset,
+                                  distance=distance)
+  h, w = shape
+  if pixels_first:
+    dx = jnp.swapaxes(dx, -1, -2)  # [..., w, N]
+    dy = jnp.swapaxes(dy, -1, -2)  # [..., h, N]
+    d = dy[..., :, None, :] + dx[..., None, :, :]
+    return d.reshape(*d.shape[:-3], h * w, d.shape[-1])
+  d = dy[..., :, None] + dx[..., None, :]
+  return d.reshape(*d.shape[:-2], h * w)
+
+
+def axis_squared_distances(points, shape, *, stride: int,
+                           center_offset: float | None = None,
+                           distance: str = "exact"):
+  """The per-axis terms of :func:`squared_distances`.
+
+  Args:
+    points, shape, stride, center_offset, distance: as
+      :func:`squared_distances`.
+
+  Returns:
+    (dx float32 [..., N, w], dy float32 [..., N, h]): squared distance
+    (``distance`` as in :func:`squared_distances`) of each point's x to the
+    column centres and of its y to the row centres; the squared distance to
+    cell (r, c) is dy[..., r] + dx[..., c].
 
   Raises:
     ValueError: for an unknown ``distance``.
@@ -60,13 +92,7 @@ def squared_distances(points, shape, *, stride: int,
   else:
     raise ValueError(
         f"distance must be 'exact' or 'expanded', got {distance!r}")
-  if pixels_first:
-    dx = jnp.swapaxes(dx, -1, -2)  # [..., w, N]
-    dy = jnp.swapaxes(dy, -1, -2)  # [..., h, N]
-    d = dy[..., :, None, :] + dx[..., None, :, :]
-    return d.reshape(*d.shape[:-3], h * w, d.shape[-1])
-  d = dy[..., :, None] + dx[..., None, :]
-  return d.reshape(*d.shape[:-2], h * w)
+  return dx, dy
 
 
 def abs_with_zero_subgradient(x):

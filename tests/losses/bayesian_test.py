@@ -55,12 +55,15 @@ def official_run(official):
   st = np.array([c["st_size"] for c in cases], np.float32)
   out = {}
   for bg in (True, False):
+    # Points, targets and sizes are jit arguments, as in training (XLA may
+    # then fuse the expanded distances into FMAs, which must not happen);
+    # the defaults are the official conventions.
     fn = jax.jit(jax.value_and_grad(
-        lambda d, bg=bg: bayesian_loss(
-            d, pts, mask, stride=STRIDE, sigma=8.0, use_background=bg,
-            image_size=st, targets=targets, distance="expanded"),
+        lambda d, p, m, t, s, bg=bg: bayesian_loss(
+            d, p, m, stride=STRIDE, sigma=8.0, use_background=bg,
+            image_size=s, targets=t),
         has_aux=True))
-    (loss, aux), grad = fn(dens)
+    (loss, aux), grad = fn(dens, pts, mask, targets, st)
     post = bayesian_posterior(pts, mask, (H, W), stride=STRIDE,
                               use_background=bg, image_size=st,
                               distance="expanded")
