@@ -42,7 +42,10 @@ def _assign_host(cost, mask):
     cols = np.flatnonzero(mask[b])
     if cols.size == 0:
       continue
-    rows, picked = optimize.linear_sum_assignment(cost[b][:, cols])
+    # Points as rows (the short side), C-contiguous: ~3x faster in scipy
+    # than proposals x points, same optimum.
+    picked, rows = optimize.linear_sum_assignment(
+        np.ascontiguousarray(cost[b].T[cols]))
     out[b, cols[picked]] = rows
   return out
 
