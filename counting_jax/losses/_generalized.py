@@ -187,9 +187,7 @@ def generalized_loss(density, points, point_mask, *, stride: int,
   scale = float(max(h, w) * stride if coord_scale is None else coord_scale)
   offset = float(stride if center_offset is None else center_offset)
   pixels = ot.pixel_centers(h, w, stride=stride, offset=offset, scale=scale)
-  if points.shape[1] == 0:  # no point rows at all: one padded row instead
-    points = jnp.zeros((density.shape[0], 1, 2), jnp.float32)
-    point_mask = jnp.zeros((density.shape[0], 1), bool)
+  points, point_mask = _checks.at_least_one_point_row(points, point_mask)
   a = density.astype(jnp.float32).reshape(density.shape[0], -1)
 
   def per_image(a_b, points_b, mask_b):

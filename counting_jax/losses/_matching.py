@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
+from counting_jax.losses import _checks
+
 __all__ = ["p2p_matching", "p2pnet_loss"]
 
 _CLASS_COSTS = ("probability", "logit")
@@ -23,11 +25,7 @@ def _check(pred_points, pred_logits, points, point_mask):
   if pred_logits.shape != pred_points.shape:
     raise ValueError(f"pred_logits must be [B, n, 2] = {pred_points.shape}, "
                      f"got {pred_logits.shape}")
-  if points.ndim != 3 or points.shape[-1] != 2:
-    raise ValueError(f"points must be [B, N, 2] (x, y), got {points.shape}")
-  if point_mask.shape != points.shape[:2]:
-    raise ValueError(f"point_mask must be [B, N] = {points.shape[:2]}, "
-                     f"got {point_mask.shape}")
+  _checks.check_points(points, point_mask)
   if points.shape[0] != pred_points.shape[0]:
     raise ValueError(f"batch sizes differ: pred_points {pred_points.shape[0]},"
                      f" points {points.shape[0]}")

@@ -186,9 +186,7 @@ def pml_loss(density, points, point_mask, *, stride: int, epsilon: float = 1.0,
                      f"{count_norm!r}")
   _, h, w = density.shape
   offset = float((stride - 1) / 2 if center_offset is None else center_offset)
-  if points.shape[1] == 0:  # no point rows at all: one padded row instead
-    points = jnp.zeros((density.shape[0], 1, 2), jnp.float32)
-    point_mask = jnp.zeros((density.shape[0], 1), bool)
+  points, point_mask = _checks.at_least_one_point_row(points, point_mask)
   a = density.astype(jnp.float32).reshape(density.shape[0], -1)
 
   def per_image(a_b, points_b, mask_b):
