@@ -18,7 +18,7 @@ from PIL import Image
 
 from counting_jax.data import features as features_lib
 
-__all__ = ["read_image", "find_dir", "find_file", "find_file_below",
+__all__ = ["read_rgb", "read_image", "find_dir", "find_file", "find_file_below",
            "load_mat",
            "clip_points", "example_from", "BORDER_TOLERANCE"]
 
@@ -27,6 +27,30 @@ __all__ = ["read_image", "find_dir", "find_file", "find_file_below",
 BORDER_TOLERANCE = 1.0
 
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
+
+
+def _open_rgb(path):
+  """(file bytes, uint8 [H, W, 3] RGB, PIL mode, PIL format) of ``path``."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"image file not found: {path}")
+  data = path.read_bytes()
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      return data, np.asarray(im.convert("RGB")), im.mode, im.format
+  except Exception as e:  # PIL raises several types for broken files.
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def read_rgb(path) -> np.ndarray:
+  """Reads an image file as uint8 RGB [H, W, 3] (grayscale, palette, CMYK
+  and RGBA converted; EXIF orientation ignored, as in :func:`read_image`).
+
+  Raises:
+    FileNotFoundError: naming ``path`` when it is missing.
+    ValueError: naming ``path`` when it cannot be decoded.
+  """
+  return _open_rgb(path)[1]
 
 
 def read_image(path, encoding_format: str = "jpeg"):
@@ -51,18 +75,8 @@ def read_image(path, encoding_format: str = "jpeg"):
     FileNotFoundError: naming ``path`` when it is missing.
     ValueError: naming ``path`` when it cannot be decoded.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"image file not found: {path}")
-  data = path.read_bytes()
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      keep = (im.mode == "RGB" and
-              im.format == _PIL_FORMAT[encoding_format])
-      image = np.asarray(im.convert("RGB"))
-  except Exception as e:  # PIL raises several types for broken files.
-    raise ValueError(f"cannot read image {path}: {e}") from e
-  if not keep:
+  data, image, mode, fmt = _open_rgb(path)
+  if not (mode == "RGB" and fmt == _PIL_FORMAT[encoding_format]):
     data = features_lib.encode_image(image, encoding_format)
   return image, data
 

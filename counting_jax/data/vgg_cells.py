@@ -16,31 +16,15 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from counting_jax.data import files
 from counting_jax.data import sample as sample_lib
 
-__all__ = ["read_image", "read_dots", "read_sample", "list_ids", "NUM_IMAGES",
+__all__ = ["read_dots", "read_sample", "list_ids", "NUM_IMAGES",
            "DEFAULT_ROOT"]
 
 NUM_IMAGES = 200
 # The copy shipped inside the package (see README "Data").
 DEFAULT_ROOT = pathlib.Path(__file__).parent / "assets" / "vgg_cells"
-
-
-def read_image(path) -> np.ndarray:
-  """Reads an image file as uint8 RGB [H, W, 3] (grayscale/RGBA converted).
-
-  Raises:
-    FileNotFoundError / ValueError: naming ``path`` when it is missing or
-      cannot be decoded.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"image file not found: {path}")
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except Exception as e:  # PIL raises several types for broken files.
-    raise ValueError(f"cannot read image {path}: {e}") from e
 
 
 def read_dots(path, image_shape=None) -> np.ndarray:
@@ -86,6 +70,6 @@ def list_ids(root=DEFAULT_ROOT) -> list[str]:
 def read_sample(root, image_id: str) -> dict:
   """The sample (``counting_jax.data.sample``) of image ``image_id``."""
   root = pathlib.Path(root)
-  image = read_image(root / f"{image_id}cell.png")
+  image = files.read_rgb(root / f"{image_id}cell.png")
   points = read_dots(root / f"{image_id}dots.png", image.shape[:2])
   return sample_lib.make_sample(image, points, image_id, class_name="cell")

@@ -16,7 +16,8 @@ import pathlib
 import jax
 import numpy as np
 
-from counting_jax.data import pipeline, transforms, vgg_cells
+from counting_jax.data import files as files_lib
+from counting_jax.data import pipeline, transforms
 from counting_jax.train import panels, sharding, tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "count_images",
@@ -102,7 +103,7 @@ def count_images(predict, files, out_dir, *, stride: int, multiple: int,
   out_dir.mkdir(parents=True, exist_ok=True)
   counts = {}
   for path in files:
-    image = vgg_cells.read_image(path)
+    image = files_lib.read_rgb(path)
     sample = transforms.pad_to_multiple(
         {"image": image, "points": np.zeros((0, 2), np.float32),
          "boxes": np.zeros((0, 4), np.float32)}, multiple)
