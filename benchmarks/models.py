@@ -7,7 +7,9 @@ PyTorch (torch threads = 2), in the same run, and the JAX / PyTorch ratio.
   .venv/bin/python benchmarks/models.py            # 512x512, batch 4
   .venv/bin/python benchmarks/models.py --quick    # 1 timed iteration
 
-The JAX side jits each function once (compile time excluded, reported
+The JAX side is compiled with the trainer's XLA options
+(``counting_jax.train.compile_options``: dots and convolutions through
+YNNPACK on CPU; ``--no-ynnpack`` for XLA's defaults). It jits each function once (compile time excluded, reported
 separately) and keeps the parameters on device; timings are the median of
 ``--iters`` runs after one warm-up round, JAX and PyTorch alternating.
 """
@@ -26,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from counting_jax import models
+from counting_jax.train import compile_options
 
 
 class TorchBLVGG19(nn.Module):
@@ -54,18 +57,19 @@ class TorchBLVGG19(nn.Module):
     return torch.abs(self.reg_layer(x))
 
 
-def jax_functions(batch: int, size: int):
+def jax_functions(batch: int, size: int, ynnpack: bool = True):
   """{pass: zero-argument function} of the JAX counter, compiled."""
   model = models.get_model("bl_vgg19")
   image = jnp.asarray(np.random.default_rng(0).normal(
       size=(batch, size, size, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), image[:1, :64, :64])
-  forward = jax.jit(lambda v, x: model.apply(v, x))
+  options = compile_options.compiler_options(ynnpack)
+  forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=options)
 
   def total(params, x):
     return model.apply({"params": params}, x, train=True).sum()
 
-  grad = jax.jit(jax.grad(total))
+  grad = jax.jit(jax.grad(total), compiler_options=options)
   start = time.perf_counter()
   forward.lower(variables, image).compile()
   grad.lower(variables["params"], image).compile()
@@ -114,13 +118,17 @@ def main(argv=None) -> None:
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--quick", action="store_true",
                       help="one timed iteration")
+  parser.add_argument("--no-ynnpack", dest="ynnpack", action="store_false",
+                      help="XLA's default CPU convolutions (Eigen) instead "
+                      "of YNNPACK (the trainer's default)")
   args = parser.parse_args(argv)
   iters = 1 if args.quick else args.iters
   print(f"BL VGG19 counter, float32, batch {args.batch}, "
         f"{args.size}x{args.size}, median of {iters} (jax "
         f"{jax.__version__} on {jax.devices()[0].platform}, torch "
-        f"{torch.__version__}, 2 threads)")
-  functions = {"jax": jax_functions(args.batch, args.size),
+        f"{torch.__version__}, 2 threads; JAX convolutions: "
+        f"{'YNNPACK' if args.ynnpack else 'XLA default'})")
+  functions = {"jax": jax_functions(args.batch, args.size, args.ynnpack),
                "torch": torch_functions(args.batch, args.size)}
   result = measure(functions, iters)
   jx, th = result["jax"], result["torch"]

@@ -36,6 +36,7 @@ from counting_jax import metrics as metrics_lib
 from counting_jax import models as models_lib
 from counting_jax.data import pipeline
 from counting_jax.train import checkpoint, optim, panels, pretrained, sharding
+from counting_jax.train import compile_options
 from counting_jax.train import predict as predict_lib
 from counting_jax.train import state as state_lib
 from counting_jax.train import step as step_lib
@@ -89,6 +90,11 @@ def _build(config):
 
 def _pad_multiple(config):
   return int(config.input.get("pad_multiple", 8))
+
+
+def _compiler_options(config):
+  """XLA options of the jitted steps (``config.xla_cpu_ynnpack``, default on)."""
+  return compile_options.compiler_options(config.get("xla_cpu_ynnpack", True))
 
 
 def _ema_decay(config):
@@ -181,7 +187,7 @@ def train_and_evaluate(config, workdir) -> dict:
                                density_scale=config.density_scale,
                                accum_steps=accum, ema_decay=ema_decay),
       in_shardings=(repl, dsh), out_shardings=(repl, repl),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=_compiler_options(config))
   writer = writers.MetricWriter(workdir) if lead else None
   bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train",
                   dynamic_ncols=True,
@@ -286,7 +292,7 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
   source = _load(config, config.dataset.test_split)
   predict = predict_lib.make_predict_fn(step_lib.make_eval_step(
       model.apply, density_scale=config.density_scale, use_ema=use_ema),
-                                        state)
+                                        state, _compiler_options(config))
   panel_dir = workdir / "panels"
   panel_dir.mkdir(parents=True, exist_ok=True)
   n_panels = config.get("num_panels", 4)
@@ -351,7 +357,8 @@ def predict(config, workdir, images_dir, out_dir) -> dict:
   model, state = _restore_for_eval(config, workdir)
   fn = predict_lib.make_predict_fn(step_lib.make_eval_step(
       model.apply, density_scale=config.density_scale,
-      use_ema=_ema_decay(config) is not None), state)
+      use_ema=_ema_decay(config) is not None), state,
+      _compiler_options(config))
   return predict_lib.count_images(
       fn, files, out_dir, stride=model.stride,
       multiple=_pad_multiple(config), mean=config.input.mean,

@@ -26,20 +26,23 @@ __all__ = ["make_predict_fn", "predict_densities", "count_images",
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-def make_predict_fn(eval_step, state, devices=None):
+def make_predict_fn(eval_step, state, compiler_options=None, devices=None):
   """``predict(images float32 [b, H, W, 3]) -> float32 [b, h, w]``.
 
   Args:
     eval_step: ``(state, image) -> density`` (``step.make_eval_step``).
     state: the train state (replicated arrays, possibly multi-process); this
       process's copy is replicated over ``devices``.
+    compiler_options: XLA options for ``jax.jit``
+      (:func:`counting_jax.train.compile_options.compiler_options`).
     devices: default ``jax.local_devices()``.
   """
   mesh = sharding.make_mesh(devices or jax.local_devices())
   n = mesh.devices.size
   local = jax.device_put(sharding.local_copy(state), sharding.replicated(mesh))
   dsh = sharding.data_sharded(mesh)
-  run = jax.jit(eval_step, out_shardings=dsh)
+  run = jax.jit(eval_step, out_shardings=dsh,
+                compiler_options=compiler_options)
 
   def predict(images):
     images = np.asarray(images, np.float32)
