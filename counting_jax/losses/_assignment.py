@@ -11,9 +11,11 @@ which costs seconds for thousands of points. Because C grows with distance,
 a point is matched near itself, and the problem can be solved exactly on a
 sparse graph:
 
-1. candidates: each point's ``k`` nearest proposals (a KD-tree);
-2. the minimum-cost assignment on the candidate edges (scipy's sparse
-   LAPJVsp, ``min_weight_full_bipartite_matching``);
+1. candidates: each point's ``k`` nearest proposals and the ``k`` cheapest
+   of its 4k nearest (a KD-tree);
+2. the minimum-cost assignment on the candidate edges, per connected
+   component of the candidate graph (scipy's dense LSA for small ones, the
+   sparse LAPJVsp, ``min_weight_full_bipartite_matching``, for large ones);
 3. an optimality certificate for the *full* problem: dual prices v_j <= 0
    of the proposals (0 for unmatched ones) and u_i = C[i, σ(i)] - v_σ(i)
    with u_i + v_j <= C[i, j] for every pair (LP duality for the assignment
@@ -22,10 +24,12 @@ sparse graph:
    candidate edges (Bellman-Ford from the unmatched proposals); the full
    check only has to look at proposals within distance
    (max_j(v_j + cost_class s_j) + u_i) / cost_point of point i (a KD-tree
-   ball query), since all others satisfy it by the triangle bound;
-4. violated pairs (and the candidates of points whose price is still
-   unbounded) join the graph and 2-3 repeat. The dense solver is the
-   fallback after ``_MAX_ROUNDS`` rounds.
+   ball query), since v_j + cost_class s_j is at most that maximum;
+4. violated pairs, and pairs within ``slack`` of violating (the prices move
+   when pairs join), join the graph with more candidates for points whose
+   price is still unbounded, and 2-3 repeat for the components that
+   changed. The dense solver is the fallback after ``_MAX_ROUNDS`` rounds
+   or if the prices do not converge (float rounding).
 
 The result is an optimal assignment of the full problem (to float64
 tolerance); where several are optimal it may pick another one than the dense
@@ -181,7 +185,9 @@ def assign(points, proposals, scores, *, cost_point: float,
     scores: float [n], class score s_j (probability or logit).
     cost_point, cost_class: the weights of the cost (cost_point <= 0 goes to
       the dense solver).
-    k: initial candidates per point.
+    k: nearest and cheapest candidates per point to start with.
+    slack: pairs whose reduced cost C[i, j] − u_i − v_j is below it join the
+      graph when the certificate fails (cost units); speed only.
 
   Returns:
     int64 [m], the proposal matched to each point.

@@ -84,9 +84,15 @@ def p2p_matching(pred_points, pred_logits, points, point_mask, *,
      s_i = \\ell_{i1} - \\ell_{i0} \\;(\\text{"logit"})
 
   then the minimum-cost one-to-one assignment of the m real points to the n
-  proposals (``scipy.optimize.linear_sum_assignment`` on the host through
-  ``jax.pure_callback``; it is jit-compatible, not differentiable, and
-  inputs are detached).
+  proposals, solved exactly on the host through ``jax.pure_callback``
+  (jit-compatible, not differentiable, inputs detached). The official code
+  runs ``scipy.optimize.linear_sum_assignment`` on the dense n x m matrix;
+  we solve on each point's nearest and cheapest proposals and prove the
+  result optimal for the full matrix with LP dual prices, adding pairs until
+  it is (:mod:`counting_jax.losses._assignment`): the same assignment (the
+  same optimal cost; with exact ties, possibly another optimum), 5-30x
+  faster at 100-4,000 points and 16,384 proposals, without the dense matrix.
+  The cost is computed in float64 on the host.
 
   Args:
     pred_points: float [B, n, 2], predicted (x, y) in input pixels.
