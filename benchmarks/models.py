@@ -9,9 +9,10 @@ PyTorch (torch threads = 2), in the same run, and the JAX / PyTorch ratio.
 
 The JAX side is compiled with the trainer's XLA options
 (``counting_jax.train.compile_options``: dots and convolutions through
-YNNPACK on CPU; ``--no-ynnpack`` for XLA's defaults). It jits each function once (compile time excluded, reported
-separately) and keeps the parameters on device; timings are the median of
-``--iters`` runs after one warm-up round, JAX and PyTorch alternating.
+YNNPACK on CPU; ``--no-ynnpack`` for XLA's defaults). It jits each function
+once (compile time excluded, reported separately) and keeps the parameters
+on device; timings are the median of ``--iters`` runs after one warm-up
+round, JAX and PyTorch alternating.
 """
 
 from __future__ import annotations

@@ -127,3 +127,25 @@ def test_adaptive_sigma_matches_knn_sigma_with_padding():
                              rtol=1e-5)
   lone = density.adaptive_sigma(padded, np.arange(32) < 1, isolated_sigma=9.0)
   assert float(lone[0]) == 9.0
+
+
+@pytest.mark.parametrize("kernel", ["integrated", "sampled"])
+@pytest.mark.parametrize("stride,sigma", [(1, 1.5), (2, 4.0), (8, 4.0)])
+def test_windowed_fixed_sigma_equals_dense(kernel, stride, sigma):
+  """A Python-number σ takes the ±6σ windowed scatter; an array σ the dense
+  product. Same map to float32 rounding, border, outside and padded points
+  included."""
+  rng = np.random.default_rng(stride)
+  side = 128 // stride
+  pts = np.concatenate([_points(rng, 60, 128),
+                        [[0.0, 0.0], [127.9, 64.0], [3.0, 127.99],
+                         [-5.0, 20.0], [40.0, 200.0]]]).astype(np.float32)
+  mask = np.ones(len(pts), bool)
+  mask[5] = False
+  windowed = jax.jit(lambda p, m: density.gaussian_density(
+      p, m, (side, side), sigma, stride=stride, kernel=kernel))(pts, mask)
+  dense = _density(pts, mask, shape=(side, side), sigma=np.float32(sigma),
+                   stride=stride, kernel=kernel)
+  np.testing.assert_allclose(windowed, dense, rtol=0,
+                             atol=2e-6 * float(np.max(dense)))
+  np.testing.assert_allclose(float(windowed.sum()), 62.0, rtol=1e-5)
