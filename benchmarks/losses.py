@@ -20,9 +20,11 @@ README.md``); ``--batch`` changes it. Officially batched: DM-Count (10), PML
 (16), P2PNet (8 images x 4 crops); BL and GL train with batch 1.
 
 Each cell: one warm-up call per side (after compilation for JAX), then up
-to ``--repeats`` pairs of timed calls, JAX and PyTorch alternating so that
-both see the same background load (fewer pairs once ``--budget`` seconds are
-used, at least three). ``ratio`` = median torch time / median jax time;
+to ``--repeats`` timed calls per side in alternating blocks of three, JAX
+then PyTorch, so that both see the same background load, with an untimed
+call after each switch for calls under 0.1 s (the other framework's threads
+are still spinning then; see ``_timed_pair``); fewer calls once
+``--budget`` seconds are used, at least three. ``ratio`` = median torch time / median jax time;
 ``ratio of minima`` the same with the fastest calls (less sensitive to a
 loaded machine). ``agree``: relative difference of the two loss values,
 and max |∇_jax − ∇_torch| / max |∇_torch| (P2PNet: ∇ w.r.t. the logits), a
@@ -352,25 +354,32 @@ TORCH = {
 }
 
 
-def _timed_pair(jax_fn, torch_fn, repeats, budget):
-  """Medians and minima (s) of alternating JAX / PyTorch calls.
+def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3):
+  """Medians and minima (s) of JAX and PyTorch calls in alternating blocks.
 
-  The calls alternate so that both sides see the same background load (the
-  machine is shared); at most ``repeats`` pairs, fewer once ``budget``
-  seconds have passed (but at least three pairs).
+  Each round times ``block`` calls of JAX, then ``block`` calls of PyTorch,
+  so that both sides see the same background load (the machine is shared);
+  the first call after a switch is not timed when calls are short (< 0.1 s):
+  PyTorch's OpenMP threads keep spinning for a while after a call and XLA's
+  after theirs, which slowed the other side's next sub-10 ms call up to 2x
+  on 2 cores (measured), a cost that training with one framework never
+  pays. At most ``repeats`` timed calls per side, fewer once ``budget``
+  seconds have passed (but at least three).
   """
-  jax_t, torch_t = [], []
+  times = {"jax": [], "torch": []}
   start = time.perf_counter()
-  while len(jax_t) < repeats:
-    t0 = time.perf_counter()
-    jax_fn()
-    t1 = time.perf_counter()
-    torch_fn()
-    t2 = time.perf_counter()
-    jax_t.append(t1 - t0)
-    torch_t.append(t2 - t1)
-    if time.perf_counter() - start > budget and len(jax_t) >= min(3, repeats):
+  while len(times["jax"]) < repeats:
+    for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
+      if not times[side] or times[side][-1] < 0.1:
+        fn()  # after the switch: untimed
+      for _ in range(min(block, repeats - len(times[side]))):
+        t0 = time.perf_counter()
+        fn()
+        times[side].append(time.perf_counter() - t0)
+    if (time.perf_counter() - start > budget and
+        len(times["jax"]) >= min(3, repeats)):
       break
+  jax_t, torch_t = times["jax"], times["torch"]
   return (statistics.median(jax_t), min(jax_t), statistics.median(torch_t),
           min(torch_t), len(jax_t))
 

@@ -20,13 +20,14 @@ def _blocks(size: int, block: int) -> tuple[int, int]:
 
 
 def nearest_points(points, point_mask, shape, *, stride: int, offset: float,
-                   block_pixels: int = 4096, block_points: int = 1024):
+                   block_pixels: int = 1024, block_points: int = 4096):
   """Nearest real point of every density cell, in O(n + N) memory.
 
   Brute force over blocks: ``lax.map`` over blocks of ``block_pixels`` cells,
   inside it a ``lax.scan`` over blocks of ``block_points`` points keeping the
   running minimum, so at most block_pixels x block_points distances exist at
-  a time. Ties go to the lowest point index (as ``argmin``).
+  a time. Ties go to the lowest point index (as ``argmin``), also near-ties
+  within 1e-6 relative (float rounding).
 
   Args:
     points: float32 [N, 2], (x, y) in input pixels.
@@ -34,7 +35,10 @@ def nearest_points(points, point_mask, shape, *, stride: int, offset: float,
     shape: (h, w) of the density map.
     stride: input pixels per density pixel.
     offset: centre of cell 0 in input pixels.
-    block_pixels, block_points: block sizes (memory/speed trade-off).
+    block_pixels, block_points: block sizes (memory/speed trade-off). With
+      up to ``block_points`` points there is no loop over point blocks,
+      which is the fast case on CPU (4,000 points on a 64² map: 7 ms with
+      one point block, 37 ms with four).
 
   Returns:
     (index int32 [h * w], distance float32 [h * w] in input pixels), row-major;
@@ -59,8 +63,13 @@ def nearest_points(points, point_mask, shape, *, stride: int, offset: float,
       d2 = (jnp.square(x[:, None] - p[None, :, 0])
             + jnp.square(y[:, None] - p[None, :, 1]))
       d2 = jnp.where(m[None, :], d2, jnp.inf)
-      j = jnp.argmin(d2, axis=1)
-      d2 = jnp.take_along_axis(d2, j[:, None], axis=1)[:, 0]
+      # argmin as two plain reductions (~1.6x faster on CPU than XLA's
+      # variadic argmin): the minimum, then the first index within 2^-20 of
+      # it (a float-rounding margin, as d2 may be recomputed with FMAs).
+      d2_min = d2.min(axis=1)
+      j = jnp.min(jnp.where(d2 <= d2_min[:, None] * (1 + 2.0**-20),
+                            jnp.arange(bq, dtype=jnp.int32), bq), axis=1)
+      d2 = d2_min
       better = d2 < best_d2
       return (jnp.where(better, d2, best_d2),
               jnp.where(better, j.astype(jnp.int32) + k * bq, best_j)), None
@@ -116,8 +125,8 @@ def _image_terms(a, points, mask, *, shape, stride, offset, min_radius,
 def pml_loss(density, points, point_mask, *, stride: int, epsilon: float = 1.0,
              count_norm: str = "l1", min_radius: float = 32.0,
              center_offset: float | None = None,
-             official_count_bug: bool = False, block_pixels: int = 4096,
-             block_points: int = 1024):
+             official_count_bug: bool = False, block_pixels: int = 1024,
+             block_points: int = 4096):
   """Proximal mapping loss (PML): nearest-neighbour cells, proximal targets.
 
   .. math::
