@@ -20,8 +20,9 @@ README.md``); ``--batch`` changes it. Officially batched: DM-Count (10), PML
 (16), P2PNet (8 images x 4 crops); BL and GL train with batch 1.
 
 Each cell: one warm-up call per side (after compilation for JAX), then up
-to ``--repeats`` timed calls per side in alternating blocks of three, JAX
-then PyTorch, so that both see the same background load, with an untimed
+to ``--repeats`` timed calls per side (more, up to 201, for calls fast
+enough to fit in one second) in alternating blocks of three, JAX then
+PyTorch, so that both see the same background load, with an untimed
 call after each switch for calls under 0.1 s (the other framework's threads
 are still spinning then; see ``_timed_pair``); fewer calls once
 ``--budget`` seconds are used, at least three. ``ratio`` = median torch time / median jax time;
@@ -354,7 +355,8 @@ TORCH = {
 }
 
 
-def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3):
+def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3, min_time=1.0,
+                max_calls=201):
   """Medians and minima (s) of JAX and PyTorch calls in alternating blocks.
 
   Each round times ``block`` calls of JAX, then ``block`` calls of PyTorch,
@@ -363,16 +365,24 @@ def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3):
   PyTorch's OpenMP threads keep spinning for a while after a call and XLA's
   after theirs, which slowed the other side's next sub-10 ms call up to 2x
   on 2 cores (measured), a cost that training with one framework never
-  pays. At most ``repeats`` timed calls per side, fewer once ``budget``
-  seconds have passed (but at least three).
+  pays. At least ``repeats`` timed calls per side, more (up to
+  ``max_calls``) while under ``min_time`` seconds, so that sub-millisecond
+  medians are stable; fewer once ``budget`` seconds have passed (but at
+  least three).
   """
   times = {"jax": [], "torch": []}
   start = time.perf_counter()
-  while len(times["jax"]) < repeats:
+
+  def wanted():
+    if time.perf_counter() - start < min_time:
+      return max_calls
+    return repeats
+
+  while len(times["jax"]) < wanted():
     for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
       if not times[side] or times[side][-1] < 0.1:
         fn()  # after the switch: untimed
-      for _ in range(min(block, repeats - len(times[side]))):
+      for _ in range(max(1, min(block, wanted() - len(times[side])))):
         t0 = time.perf_counter()
         fn()
         times[side].append(time.perf_counter() - t0)

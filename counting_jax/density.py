@@ -137,20 +137,21 @@ def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
   """Each point's kernel on its (2·half + 1)² cells, scatter-added: O(N·half²)."""
   h, w = shape
   size = 2 * half + 1
-  offsets = jnp.arange(size)
-  profiles = []
-  for coord, limit in ((y, h), (x, w)):
-    # First window cell; points outside the map (weight 0) are clamped in.
-    first = jnp.clip(jnp.floor(coord / stride).astype(jnp.int32) - half,
-                     -half, limit - 1 - half)
-    cells = first[:, None] + offsets
-    prof = _profiles(coord, sigma, first, size, stride, kernel)
-    profiles.append((first, jnp.where((cells >= 0) & (cells < limit), prof,
-                                      0.0)))
-  (row0, gy), (col0, gx) = profiles
+  n = x.shape[0]
+  # Both axes in one array (one kernel, not two, on CPU): rows then columns.
+  coord = jnp.concatenate([y, x])
+  limit = jnp.repeat(jnp.array([h, w], jnp.int32), n)
+  sigma2 = jnp.concatenate([sigma, sigma])
+  # First window cell; points outside the map (weight 0) are clamped in.
+  first = jnp.clip(jnp.floor(coord / stride).astype(jnp.int32) - half,
+                   -half, limit - 1 - half)
+  cells = first[:, None] + jnp.arange(size)
+  prof = jnp.where((cells >= 0) & (cells < limit[:, None]),
+                   _profiles(coord, sigma2, first, size, stride, kernel), 0.0)
+  row0, col0, gy, gx = first[:n], first[n:], prof[:n], prof[n:]
   if kernel == "integrated":  # mass inside the map, without a reduction
-    norm = _inside_mass(x, sigma, w, stride) * _inside_mass(y, sigma, h,
-                                                            stride)
+    mass = _inside_mass(coord, sigma2, limit, stride)
+    norm = mass[:n] * mass[n:]
   else:
     norm = gx.sum(1) * gy.sum(1)
   weight = weight / jnp.where(norm > 0, norm, 1.0)
@@ -159,7 +160,8 @@ def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
   # (Flat row segments scatter 2-3x faster on CPU than size x size windows.)
   hp, wp = h + 2 * half, w + 2 * half
   rows = (gy * weight[:, None])[:, :, None] * gx[:, None, :]
-  starts = (row0[:, None] + half + offsets) * wp + (col0[:, None] + half)
+  starts = ((row0[:, None] + half + jnp.arange(size)) * wp +
+            (col0[:, None] + half))
   padded = jax.lax.scatter_add(
       jnp.zeros((hp * wp,), jnp.float32), starts.reshape(-1, 1),
       rows.reshape(-1, size),
