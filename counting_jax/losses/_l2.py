@@ -61,16 +61,11 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
                        f"got {sigma!r}")
     sigma = jax.vmap(lambda p, m: density_lib.adaptive_sigma(
         p, m, k=knn, beta=beta))(points, point_mask)
-  if isinstance(sigma, (int, float)):  # static: the windowed kernel
-    target = jax.vmap(lambda p, m: density_lib.gaussian_density(
-        p, m, (h, w), sigma, stride=stride, kernel=kernel))(points,
-                                                            point_mask)
-  else:
+  if not isinstance(sigma, (int, float)):  # a number takes the windowed path
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32),
                              point_mask.shape)
-    target = jax.vmap(lambda p, m, s: density_lib.gaussian_density(
-        p, m, (h, w), s, stride=stride, kernel=kernel))(points, point_mask,
-                                                        sigma)
+  target = density_lib.gaussian_density(points, point_mask, (h, w), sigma,
+                                        stride=stride, kernel=kernel)
   sq = jnp.square(scale * (density.astype(jnp.float32) - target))
   per_image = sq.sum((1, 2)) if reduction == "sum" else sq.mean((1, 2))
   aux = {"l2": per_image, "count": density.astype(jnp.float32).sum((1, 2))}
