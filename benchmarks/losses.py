@@ -22,10 +22,10 @@ README.md``); ``--batch`` changes it. Officially batched: DM-Count (10), PML
 Each cell: one warm-up call per side (after compilation for JAX), then up
 to ``--repeats`` timed calls per side (more, up to 201, for calls fast
 enough to fit in one second) in alternating blocks of three, JAX then
-PyTorch, so that both see the same background load, with an untimed
-call after each switch for calls under 0.1 s (the other framework's threads
-are still spinning then; see ``_timed_pair``); fewer calls once
-``--budget`` seconds are used, at least three. ``ratio`` = median torch time / median jax time;
+PyTorch, so that both see the same background load, each block starting
+with untimed calls (4 for calls under 10 ms, 1 under 0.1 s: PyTorch's
+threads are still spinning after a switch; see ``_timed_pair``); fewer calls
+once ``--budget`` seconds are used, at least three. ``ratio`` = median torch time / median jax time;
 ``ratio of minima`` the same with the fastest calls (less sensitive to a
 loaded machine). ``agree``: relative difference of the two loss values,
 and max |∇_jax − ∇_torch| / max |∇_torch| (P2PNet: ∇ w.r.t. the logits), a
@@ -359,16 +359,16 @@ def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3, min_time=1.0,
                 max_calls=201):
   """Medians and minima (s) of JAX and PyTorch calls in alternating blocks.
 
-  Each round times ``block`` calls of JAX, then ``block`` calls of PyTorch,
-  so that both sides see the same background load (the machine is shared);
-  the first call after a switch is not timed when calls are short (< 0.1 s):
-  PyTorch's OpenMP threads keep spinning for a while after a call and XLA's
-  after theirs, which slowed the other side's next sub-10 ms call up to 2x
-  on 2 cores (measured), a cost that training with one framework never
-  pays. At least ``repeats`` timed calls per side, more (up to
-  ``max_calls``) while under ``min_time`` seconds, so that sub-millisecond
-  medians are stable; fewer once ``budget`` seconds have passed (but at
-  least three).
+  Each round runs a block of JAX calls, then a block of PyTorch calls, so
+  that both sides see the same background load (the machine is shared).
+  Only the steady state of a block is timed: its first calls are untimed
+  (4 for calls under 10 ms, 1 under 0.1 s). PyTorch's OpenMP threads keep
+  spinning for several milliseconds after its last call: on 2 cores the next
+  8 sub-millisecond XLA calls ran ~35% slower than in a steady state
+  (measured), a cost that training with one framework never pays. At least
+  ``repeats`` timed calls per side, more (up to ``max_calls``) while under
+  ``min_time`` seconds, so that sub-millisecond medians are stable; fewer
+  once ``budget`` seconds have passed (but at least three).
   """
   times = {"jax": [], "torch": []}
   start = time.perf_counter()
@@ -380,7 +380,8 @@ def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3, min_time=1.0,
 
   while len(times["jax"]) < wanted():
     for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
-      if not times[side] or times[side][-1] < 0.1:
+      last = times[side][-1] if times[side] else 0.0
+      for _ in range(4 if last < 0.01 else 1 if last < 0.1 else 0):
         fn()  # after the switch: untimed
       for _ in range(max(1, min(block, wanted() - len(times[side])))):
         t0 = time.perf_counter()

@@ -132,7 +132,7 @@ def test_adaptive_sigma_matches_knn_sigma_with_padding():
 @pytest.mark.parametrize("kernel", ["integrated", "sampled"])
 @pytest.mark.parametrize("stride,sigma", [(1, 1.5), (2, 4.0), (8, 4.0)])
 def test_windowed_fixed_sigma_equals_dense(kernel, stride, sigma):
-  """A Python-number σ takes the ±6σ windowed scatter; an array σ the dense
+  """A Python-number σ takes the ±5.5σ windowed scatter; an array σ the dense
   product. Same map to float32 rounding, border, outside and padded points
   included."""
   rng = np.random.default_rng(stride)
