@@ -25,8 +25,6 @@ import jax.scipy.special as jsp
 import numpy as np
 from scipy import spatial
 
-from counting_jax import grid
-
 __all__ = ["gaussian_density", "knn_sigma", "adaptive_sigma", "sum_pool"]
 
 _MIN_SIGMA = 1e-3
@@ -157,8 +155,8 @@ def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
   bsz = x.shape[0]
   image = jnp.repeat(jnp.arange(bsz), x.shape[1])
   x, y, weight, sigma = (v.reshape(-1) for v in (x, y, weight, sigma))
-  # 2·half + 1 cells, rounded up to a multiple of 8 (whole AVX vectors on
-  # CPU: ~2x faster outer products); the extra cells are real cells.
+  # 2·half + 1 cells, at least 8 (one whole AVX vector on CPU: ~2x faster
+  # outer products for small windows); the extra cells are real cells.
   size = 2 * half + 1 if 2 * half + 1 > 8 else 8
   n = x.shape[0]
   # Both axes in one array (one kernel, not two, on CPU): rows then columns.
@@ -170,10 +168,7 @@ def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
                    -half, limit - 1 - half)
   if kernel == "integrated":
     # Cell edges clipped to the map, so cells outside it have zero width (no
-    # mask). Each cell's mass is a difference of two erfs, from one erf
-    # kernel over [lower edges | upper edges] (aligned rows for the outer
-    # product below; with shared edges, XLA recomputed the differences
-    # inside it, 2x slower).
+    # mask); the in-map mass in closed form (no reduction).
     end = (limit * stride).astype(jnp.float32)[:, None]
     scale = jnp.maximum(sigma2, _MIN_SIGMA)[:, None] * np.sqrt(2.0)
     edges = (first[:, None] + jnp.arange(size + 1)) * stride
@@ -198,7 +193,8 @@ def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
   row0, col0 = first[:n], first[n:]
   weight = weight / jnp.where(norm > 0, norm, 1.0)
   # One row segment (size cells) per point and window row, scatter-added into
-  # the flattened map padded by `half` cells on each side, then cropped.
+  # the flattened maps, padded by `half` cells before and size - 1 - half
+  # after on each axis, then cropped.
   # (Flat row segments scatter 2-3x faster on CPU than size x size windows.)
   hp, wp = h + size - 1, w + size - 1
   rows = (gy * weight[:, None])[:, :, None] * gx[:, None, :]

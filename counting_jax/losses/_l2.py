@@ -29,7 +29,8 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
     points: float [B, N, 2], (x, y) in input-image pixels.
     point_mask: bool [B, N]; images without points are allowed.
     stride: input pixels per density pixel.
-    sigma: Gaussian σ in input pixels: a scalar, float [B, N] per point, or
+    sigma: Gaussian σ in input pixels: a Python number (the fast windowed
+      target of ``gaussian_density``), float [B, N] per point, or
       "adaptive" for the geometry-adaptive σ of MCNN (β · mean distance to
       the ``knn`` nearest points, :func:`counting_jax.density.adaptive_sigma`).
     knn, beta: neighbours and multiplier of the adaptive σ (MCNN: 3, 0.3).
