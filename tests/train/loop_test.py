@@ -34,13 +34,7 @@ ARGS = [f"--config.total_steps={TOTAL}", "--config.checkpoint_every=1",
         "--config.ema_decay=0.5", "--config.input.batch_size=4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  """Tiny programs: XLA's optimisations cost more than they save here."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _command(workdir):

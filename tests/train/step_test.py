@@ -12,13 +12,7 @@ from counting_jax.train import sharding, step as step_lib
 import _train_worker as worker  # pylint: disable=g-import-not-at-top
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  """Tiny programs: XLA's optimisations cost more than they save here."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")
