@@ -56,6 +56,14 @@ ZERO_LOG_WEIGHT = -1e5
 MAX_LOG_KERNEL = 30.0
 
 
+def _distance(x, y):
+  """Euclidean distance over the last axis, as a sum of its (static)
+  components: on CPU, XLA hands a reduction over an axis of 2 to YNNPACK,
+  which made GL's 4096 x 1000 cost matrix 30 ms instead of 3 ms."""
+  return jnp.sqrt(sum(jnp.square(x[..., k] - y[..., k])
+                      for k in range(x.shape[-1])))
+
+
 @jtu.register_pytree_node_class
 class PerspectiveCost(costs.CostFn):
   """GL's "perspective" cost exp(d / s) - 1, s = base + slope * (y1 + y2) / 2.
@@ -70,7 +78,7 @@ class PerspectiveCost(costs.CostFn):
     self.base, self.slope = base, slope
 
   def __call__(self, x, y):
-    d = jnp.sqrt(jnp.sum(jnp.square(x - y), axis=-1))
+    d = _distance(x, y)
     s = self.base + self.slope * (x[..., 1] + y[..., 1]) / 2
     return jnp.exp(d / s) - 1.0
 
@@ -91,7 +99,7 @@ class ExpCost(costs.CostFn):
     self.scale = scale
 
   def __call__(self, x, y):
-    d = jnp.sqrt(jnp.sum(jnp.square(x - y), axis=-1))
+    d = _distance(x, y)
     return jnp.exp(d / self.scale) - 1.0
 
   def tree_flatten(self):  # noqa: D102

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-__all__ = ["check_points", "check_inputs", "at_least_one_point_row"]
+__all__ = ["check_points", "check_inputs", "at_least_one_point_row",
+           "map_images"]
 
 
 def check_points(points, point_mask) -> None:
@@ -33,3 +35,19 @@ def at_least_one_point_row(points, point_mask):
     return points, point_mask
   b = points.shape[0]
   return jnp.zeros((b, 1, 2), jnp.float32), jnp.zeros((b, 1), bool)
+
+
+def map_images(fn, *batched):
+  """``jax.vmap(fn)(*batched)`` over the leading batch axis, except that a
+  batch of one calls ``fn`` on the image itself and adds the axis back.
+
+  The result is the same; the reason is speed on CPU: XLA hands large
+  reductions to YNNPACK, which treats an extent-1 axis as a broadcast, so a
+  vmapped batch of one (BL's and GL's training batch) ran DM-Count's
+  Sinkhorn reductions ~5x slower (0.18 ms instead of 0.035 ms per mat-vec on
+  a 64² map with 1,000 points).
+  """
+  if batched[0].shape[0] == 1:
+    out = fn(*(x[0] for x in batched))
+    return jax.tree.map(lambda x: jnp.expand_dims(x, 0), out)
+  return jax.vmap(fn)(*batched)

@@ -433,7 +433,7 @@ def dm_count_loss(density, points, point_mask, *, stride: int,
     return ((mu_i * grad).sum(), (mu_hat * beta).sum(),
             (cost * plan).sum())
 
-  ot, ot_obj, wd = jax.vmap(per_image)(mu, points, point_mask)
+  ot, ot_obj, wd = _checks.map_images(per_image, mu, points, point_mask)
   zero = jnp.zeros_like(ot)
   ot = jnp.where(has_points, ot, zero)
   ot_obj = jax.lax.stop_gradient(jnp.where(has_points, ot_obj, zero))

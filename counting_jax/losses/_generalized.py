@@ -197,7 +197,7 @@ def generalized_loss(density, points, point_mask, *, stride: int,
                         threshold=threshold, max_iterations=max_iterations,
                         d_point=d_point, d_pixel=d_pixel)
 
-  aux = jax.vmap(per_image)(a, points, point_mask)
+  aux = _checks.map_images(per_image, a, points, point_mask)
   w_ent = blur if entropy_weight is None else entropy_weight
   aux["gl"] = (aux["emd"] + tau * (aux["pixel"] + aux["point"])
                + w_ent * aux["entropy"])
