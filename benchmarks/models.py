@@ -8,8 +8,9 @@ PyTorch (torch threads = 2), in the same run, and the JAX / PyTorch ratio.
   .venv/bin/python benchmarks/models.py --quick    # 1 timed iteration
 
 The JAX side is compiled with the trainer's XLA options
-(``counting_jax.train.compile_options``: dots and convolutions through
-YNNPACK on CPU; ``--no-ynnpack`` for XLA's defaults). It jits each function
+(``counting_jax.train.compile_options``: on CPU YNNPACK for dots only, XLA's
+Eigen convolutions; ``--xla-defaults`` for XLA's defaults, which hand the
+convolutions to YNNPACK). It jits each function
 once (compile time excluded, reported separately) and keeps the parameters
 on device; timings are the median of ``--iters`` runs after one warm-up
 round, JAX and PyTorch alternating.
@@ -58,13 +59,15 @@ class TorchBLVGG19(nn.Module):
     return torch.abs(self.reg_layer(x))
 
 
-def jax_functions(batch: int, size: int, ynnpack: bool = True):
+def jax_functions(batch: int, size: int, xla_defaults: bool = False):
   """{pass: zero-argument function} of the JAX counter, compiled."""
   model = models.get_model("bl_vgg19")
   image = jnp.asarray(np.random.default_rng(0).normal(
       size=(batch, size, size, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), image[:1, :64, :64])
-  options = compile_options.compiler_options(ynnpack)
+  options = compile_options.compiler_options(None if xla_defaults else
+                                             compile_options.
+                                             DEFAULT_YNN_FUSION_TYPE)
   forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=options)
 
   def total(params, x):
@@ -119,17 +122,17 @@ def main(argv=None) -> None:
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--quick", action="store_true",
                       help="one timed iteration")
-  parser.add_argument("--no-ynnpack", dest="ynnpack", action="store_false",
-                      help="XLA's default CPU convolutions (Eigen) instead "
-                      "of YNNPACK (the trainer's default)")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="XLA's default CPU options (YNNPACK convolutions) "
+                      "instead of the trainer's (YNNPACK for dots only)")
   args = parser.parse_args(argv)
   iters = 1 if args.quick else args.iters
   print(f"BL VGG19 counter, float32, batch {args.batch}, "
         f"{args.size}x{args.size}, median of {iters} (jax "
         f"{jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__}, 2 threads; JAX convolutions: "
-        f"{'YNNPACK' if args.ynnpack else 'XLA default'})")
-  functions = {"jax": jax_functions(args.batch, args.size, args.ynnpack),
+        f"{'YNNPACK (XLA default)' if args.xla_defaults else 'Eigen'})")
+  functions = {"jax": jax_functions(args.batch, args.size, args.xla_defaults),
                "torch": torch_functions(args.batch, args.size)}
   result = measure(functions, iters)
   jx, th = result["jax"], result["torch"]

@@ -93,8 +93,9 @@ def _pad_multiple(config):
 
 
 def _compiler_options(config):
-  """XLA options of the jitted steps (``config.xla_cpu_ynnpack``, default on)."""
-  return compile_options.compiler_options(config.get("xla_cpu_ynnpack", True))
+  """XLA options of the jitted steps (``config.xla_cpu_ynn_fusion_type``)."""
+  return compile_options.compiler_options(config.get(
+      "xla_cpu_ynn_fusion_type", compile_options.DEFAULT_YNN_FUSION_TYPE))
 
 
 def _ema_decay(config):
