@@ -133,81 +133,66 @@ def gaussian_density(points, point_mask, shape, sigma, *, stride: int = 1,
   return out if batched else out[0]
 
 
-def _inside_mass(coord, sigma, size, stride):
-  """Integrated-Gaussian mass of each point inside [0, size·stride): [N].
-
-  The telescoped sum of :func:`_profiles` over the whole axis (equal to it
-  up to float32 rounding).
-  """
-  scale = jnp.maximum(sigma, _MIN_SIGMA) * np.sqrt(2.0)
-  return 0.5 * (jsp.erf((size * stride - coord) / scale) -
-                jsp.erf(-coord / scale))
-
-
 def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
-  """Each point's kernel on its (2·half + 1)² cells, scatter-added: O(N·half²).
+  """Each point's kernel on a window of its cells, scatter-added: O(N·half²).
 
-  x, y, weight, sigma: float [B, N]. Returns float32 [B, h, w]. The batch is
-  flattened into one scatter (vmap would add a batch dimension to the
-  scatter's updates, which XLA:CPU lays out with a slow transposing copy).
+  x, y, weight, sigma: float [B, N]. Returns float32 [B, h, w]. Requires
+  2·half + 1 < min(h, w). Each window has ``size`` >= 2·half + 1 cells per
+  axis and is shifted to lie inside the map, so it covers every map cell
+  within ±half cells of the point's own cell (all of the in-map mass but
+  < 4e-8), and its cells are the map's: the in-map mass, the normaliser, is
+  the sum of the window, in closed form from its first and last edge. The
+  batch is flattened into one scatter (vmap would add a batch dimension to
+  the scatter's updates, which XLA:CPU lays out with a slow transposing
+  copy).
   """
   h, w = shape
   bsz = x.shape[0]
   image = jnp.repeat(jnp.arange(bsz), x.shape[1])
   x, y, weight, sigma = (v.reshape(-1) for v in (x, y, weight, sigma))
-  # 2·half + 1 cells, at least 8 (one whole AVX vector on CPU: ~2x faster
-  # outer products for small windows); the extra cells are real cells.
-  size = 2 * half + 1 if 2 * half + 1 > 8 else 8
+  # At least 8 cells (one whole AVX vector on CPU: ~2x faster outer products
+  # for small windows), at most the map.
+  size = min(max(2 * half + 1, 8), h, w)
   n = x.shape[0]
   # Both axes in one array (one kernel, not two, on CPU): rows then columns.
   coord = jnp.concatenate([y, x])
   limit = jnp.repeat(jnp.array([h, w], jnp.int32), n)
   sigma2 = jnp.concatenate([sigma, sigma])
-  # First window cell; points outside the map (weight 0) are clamped in.
-  first = jnp.clip(jnp.floor(coord / stride).astype(jnp.int32) - half,
-                   -half, limit - 1 - half)
+  # First window cell, the window inside the map (points outside the map
+  # have weight 0).
+  first = jnp.clip(jnp.floor(coord / stride).astype(jnp.int32) - half, 0,
+                   limit - size)
   if kernel == "integrated":
-    # Cell edges clipped to the map, so cells outside it have zero width (no
-    # mask); the in-map mass in closed form (no reduction).
-    end = (limit * stride).astype(jnp.float32)[:, None]
     scale = jnp.maximum(sigma2, _MIN_SIGMA)[:, None] * np.sqrt(2.0)
-    edges = (first[:, None] + jnp.arange(size + 1)) * stride
-    half_erf = 0.5 * jsp.erf((jnp.clip(edges, 0.0, end) - coord[:, None]) /
-                             scale)
-    # Differences of neighbouring edges as a product with a fixed [size + 1,
-    # size] matrix: a dot is computed once, where XLA would recompute
-    # elementwise differences inside the outer product below.
-    diff = np.eye(size + 1, size, -1, np.float32) - np.eye(size + 1, size,
-                                                            0, np.float32)
-    prof = jnp.dot(half_erf, diff, precision=jax.lax.Precision.HIGHEST)
-    gy, gx = prof[:n], prof[n:]
-    norm = _inside_mass(x, sigma, w, stride) * _inside_mass(y, sigma, h,
-                                                            stride)
+    edges = ((first[:, None] + jnp.arange(size + 1)) * stride).astype(
+        jnp.float32)
+    # One erf per cell edge (XLA keeps them out of the outer product below;
+    # the differences are fused into it).
+    half_erf = 0.5 * jsp.erf((edges - coord[:, None]) / scale)
+    prof = half_erf[:, 1:] - half_erf[:, :-1]
+    mass = half_erf[:, -1] - half_erf[:, 0]
+    norm = mass[:n] * mass[n:]
   else:
-    cells = first[:, None] + jnp.arange(size)
-    prof = jnp.where((cells >= 0) & (cells < limit[:, None]),
-                     _profiles(coord, sigma2, first, size, stride, kernel),
-                     0.0)
-    gy, gx = prof[:n], prof[n:]
-    norm = gx.sum(1) * gy.sum(1)
+    prof = _profiles(coord, sigma2, first, size, stride, kernel)
+    mass = prof.sum(1)
+    norm = mass[:n] * mass[n:]
+  gy, gx = prof[:n], prof[n:]
   row0, col0 = first[:n], first[n:]
   weight = weight / jnp.where(norm > 0, norm, 1.0)
   # One row segment (size cells) per point and window row, scatter-added into
-  # the flattened maps, padded by `half` cells before and size - 1 - half
-  # after on each axis, then cropped.
-  # (Flat row segments scatter 2-3x faster on CPU than size x size windows.)
-  hp, wp = h + size - 1, w + size - 1
+  # the flattened maps (flat row segments scatter 2-3x faster on CPU than
+  # size x size windows).
   rows = (gy * weight[:, None])[:, :, None] * gx[:, None, :]
-  starts = ((image[:, None] * hp + row0[:, None] + half + jnp.arange(size))
-            * wp + (col0[:, None] + half))
-  padded = jax.lax.scatter_add(
-      jnp.zeros((bsz * hp * wp,), jnp.float32), starts.reshape(-1, 1),
+  starts = ((image[:, None] * h + row0[:, None] + jnp.arange(size)) * w
+            + col0[:, None])
+  flat = jax.lax.scatter_add(
+      jnp.zeros((bsz * h * w,), jnp.float32), starts.reshape(-1, 1),
       rows.reshape(-1, size),
       jax.lax.ScatterDimensionNumbers(update_window_dims=(1,),
                                       inserted_window_dims=(),
                                       scatter_dims_to_operand_dims=(0,)),
       mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  return padded.reshape(bsz, hp, wp)[:, half:half + h, half:half + w]
+  return flat.reshape(bsz, h, w)
 
 
 def knn_sigma(points: np.ndarray, *, k: int = 3, beta: float = 0.3,

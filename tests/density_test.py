@@ -149,3 +149,21 @@ def test_windowed_fixed_sigma_equals_dense(kernel, stride, sigma):
   np.testing.assert_allclose(windowed, dense, rtol=0,
                              atol=2e-6 * float(np.max(dense)))
   np.testing.assert_allclose(float(windowed.sum()), 62.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["integrated", "sampled"])
+def test_windowed_equals_dense_on_a_flat_map(kernel):
+  """A 6 x 40 map at stride 8, σ = 2: the window (5 cells, widened to 6, not
+  8, by the map's height) is shifted inside the map at its borders."""
+  rng = np.random.default_rng(7)
+  pts = np.concatenate([rng.uniform((0, 0), (320, 48), (30, 2)),
+                        [[0.0, 0.0], [319.9, 47.9], [160.0, 0.5]]])
+  pts = pts.astype(np.float32)
+  mask = np.ones(len(pts), bool)
+  windowed = density.gaussian_density(pts, mask, (6, 40), 2.0, stride=8,
+                                      kernel=kernel)
+  dense = density.gaussian_density(pts, mask, (6, 40), jnp.float32(2.0),
+                                   stride=8, kernel=kernel)
+  np.testing.assert_allclose(windowed, dense, rtol=0,
+                             atol=2e-6 * float(np.max(dense)))
+  np.testing.assert_allclose(float(windowed.sum()), 33.0, rtol=1e-5)
