@@ -21,11 +21,12 @@ README.md``); ``--batch`` changes it. Officially batched: DM-Count (10), PML
 
 Each cell: one warm-up call per side (after compilation for JAX), then up
 to ``--repeats`` timed calls per side (more, up to 201, for calls fast
-enough to fit in one second) in alternating blocks of three, JAX then
-PyTorch, so that both see the same background load, each block starting
-with untimed calls (4 for calls under 10 ms, 1 under 0.1 s: PyTorch's
-threads are still spinning after a switch; see ``_timed_pair``); fewer calls
-once ``--budget`` seconds are used, at least three. ``ratio`` = median torch time / median jax time;
+enough to fit in one second) in alternating blocks (3 calls, up to 20 for
+sub-millisecond calls), JAX then PyTorch, so that both see the same
+background load, each block starting with 50 ms of untimed calls
+(PyTorch's threads are still spinning after a switch; see
+``_timed_pair``); fewer calls once ``--budget`` seconds are used, at least
+three. ``ratio`` = median torch time / median jax time;
 ``ratio of minima`` the same with the fastest calls (less sensitive to a
 loaded machine). ``agree``: relative difference of the two loss values,
 and max |∇_jax − ∇_torch| / max |∇_torch| (P2PNet: ∇ w.r.t. the logits), a
@@ -355,17 +356,18 @@ TORCH = {
 }
 
 
-def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3, min_time=1.0,
-                max_calls=201):
+def _timed_pair(jax_fn, torch_fn, repeats, budget, settle=0.05,
+                block_time=0.02, max_block=20, min_time=1.0, max_calls=201):
   """Medians and minima (s) of JAX and PyTorch calls in alternating blocks.
 
   Each round runs a block of JAX calls, then a block of PyTorch calls, so
   that both sides see the same background load (the machine is shared).
-  Only the steady state of a block is timed: its first calls are untimed
-  (4 for calls under 10 ms, 1 under 0.1 s). PyTorch's OpenMP threads keep
-  spinning for several milliseconds after its last call: on 2 cores the next
-  8 sub-millisecond XLA calls ran ~35% slower than in a steady state
-  (measured), a cost that training with one framework never pays. At least
+  Only the steady state of a block is timed: after a switch, calls are
+  untimed for ``settle`` seconds (at least one). PyTorch's OpenMP threads
+  keep spinning after its last call: on 2 cores the XLA calls of the next
+  ~20-40 ms ran up to 2.7x slower than in a steady state (measured), a cost
+  that training with one framework never pays. A block is at least 3 calls,
+  more (up to ``max_block``) for calls under ``block_time`` / 3. At least
   ``repeats`` timed calls per side, more (up to ``max_calls``) while under
   ``min_time`` seconds, so that sub-millisecond medians are stable; fewer
   once ``budget`` seconds have passed (but at least three).
@@ -380,9 +382,12 @@ def _timed_pair(jax_fn, torch_fn, repeats, budget, block=3, min_time=1.0,
 
   while len(times["jax"]) < wanted():
     for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
-      last = times[side][-1] if times[side] else 0.0
-      for _ in range(4 if last < 0.01 else 1 if last < 0.1 else 0):
-        fn()  # after the switch: untimed
+      switch = time.perf_counter()
+      fn()  # after the switch: untimed
+      while time.perf_counter() - switch < settle:
+        fn()
+      last = times[side][-1] if times[side] else block_time
+      block = min(max_block, max(3, int(block_time / max(last, 1e-9))))
       for _ in range(max(1, min(block, wanted() - len(times[side])))):
         t0 = time.perf_counter()
         fn()
