@@ -132,7 +132,8 @@ def main(argv=None) -> None:
         f"{jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__}, 2 threads; JAX convolutions: "
         f"{'YNNPACK (XLA default)' if args.xla_defaults else 'Eigen'})")
-  functions = {"jax": jax_functions(args.batch, args.size, args.xla_defaults),
+  functions = {"jax": jax_functions(args.batch, args.size,
+                                    args.xla_defaults),
                "torch": torch_functions(args.batch, args.size)}
   result = measure(functions, iters)
   jx, th = result["jax"], result["torch"]

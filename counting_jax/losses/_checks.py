@@ -43,7 +43,7 @@ def map_images(fn, *batched):
 
   The result is the same; the reason is speed on CPU: XLA hands large
   reductions to YNNPACK, which treats an extent-1 axis as a broadcast, so a
-  vmapped batch of one (BL's and GL's training batch) ran DM-Count's
+  vmapped batch of one (the official GL trainer's batch) ran DM-Count's
   Sinkhorn reductions ~5x slower (0.18 ms instead of 0.035 ms per mat-vec on
   a 64² map with 1,000 points).
   """

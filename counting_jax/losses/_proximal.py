@@ -62,7 +62,8 @@ def nearest_points(points, point_mask, shape, *, stride: int, offset: float,
   bq, nq = _blocks(num_points, block_points)
   if block_pixels is None:
     block_pixels = _pixel_block(bq)
-  pts = jnp.pad(points.astype(jnp.float32), ((0, bq * nq - num_points), (0, 0)))
+  pts = jnp.pad(points.astype(jnp.float32),
+                ((0, bq * nq - num_points), (0, 0)))
   msk = jnp.pad(point_mask, (0, bq * nq - num_points))
   bp, npix = _blocks(n, block_pixels)
 
