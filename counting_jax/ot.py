@@ -59,7 +59,7 @@ MAX_LOG_KERNEL = 30.0
 def _distance(x, y):
   """Euclidean distance over the last axis, as a sum of its (static)
   components: on CPU, XLA hands a reduction over an axis of 2 to YNNPACK,
-  which made GL's 4096 x 1000 cost matrix 30 ms instead of 3 ms."""
+  which made GL's 4096 x 1000 cost matrix 24 ms instead of 2.4 ms."""
   return jnp.sqrt(sum(jnp.square(x[..., k] - y[..., k])
                       for k in range(x.shape[-1])))
 
