@@ -65,9 +65,8 @@ def jax_functions(batch: int, size: int, xla_defaults: bool = False):
   image = jnp.asarray(np.random.default_rng(0).normal(
       size=(batch, size, size, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), image[:1, :64, :64])
-  options = compile_options.compiler_options(None if xla_defaults else
-                                             compile_options.
-                                             DEFAULT_YNN_FUSION_TYPE)
+  options = (compile_options.compiler_options(None) if xla_defaults else
+             compile_options.compiler_options())
   forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=options)
 
   def total(params, x):

@@ -45,7 +45,8 @@ def _profiles(coord, sigma, first, size, stride, kernel):
     stride, kernel: as :func:`gaussian_density`.
 
   Returns:
-    float32 [N, size]; the caller zeroes cells outside the map.
+    float32 [N, size]; the cells must lie inside the map (the caller
+    chooses ``first``), as edges and centres are not clipped.
   """
   coord = coord[:, None]
   sigma = jnp.maximum(sigma, _MIN_SIGMA)[:, None]
@@ -54,11 +55,10 @@ def _profiles(coord, sigma, first, size, stride, kernel):
     edges = (first + jnp.arange(size + 1, dtype=jnp.float32)) * stride
     cdf = 0.5 * (1.0 + jsp.erf((edges - coord) / (sigma * np.sqrt(2.0))))
     return cdf[:, 1:] - cdf[:, :-1]
-  if kernel == "sampled":
-    centers = (first + jnp.arange(size, dtype=jnp.float32)) * stride + (
-        stride / 2.0)
-    return jnp.exp(-0.5 * jnp.square((centers - coord) / sigma))
-  raise ValueError(f"kernel must be 'integrated' or 'sampled', got {kernel!r}")
+  # "sampled" (gaussian_density validates the name)
+  centers = (first + jnp.arange(size, dtype=jnp.float32)) * stride + (
+      stride / 2.0)
+  return jnp.exp(-0.5 * jnp.square((centers - coord) / sigma))
 
 
 def _window(sigma, stride: int) -> int:
@@ -171,11 +171,10 @@ def _windowed(x, y, weight, sigma, shape, half, stride, kernel):
     half_erf = 0.5 * jsp.erf((edges - coord[:, None]) / scale)
     prof = half_erf[:, 1:] - half_erf[:, :-1]
     mass = half_erf[:, -1] - half_erf[:, 0]
-    norm = mass[:n] * mass[n:]
   else:
     prof = _profiles(coord, sigma2, first, size, stride, kernel)
     mass = prof.sum(1)
-    norm = mass[:n] * mass[n:]
+  norm = mass[:n] * mass[n:]
   gy, gx = prof[:n], prof[n:]
   row0, col0 = first[:n], first[n:]
   weight = weight / jnp.where(norm > 0, norm, 1.0)

@@ -146,7 +146,8 @@ def _candidates(tree, points, class_term, cost_point, k):
 
 
 def _prices(n, match, rows, cols, cost, tol):
-  """Proposal prices v [n] (−inf where unbounded) or None (no convergence).
+  """(prices v [n], −inf where unbounded; matched cost C[i, σ(i)] [m]), or
+  None when the prices do not converge.
 
   Longest paths from the unmatched proposals (v = 0) along the arcs
   j -> σ(i) of weight C[i, σ(i)] − C[i, j], one arc per candidate edge.
@@ -166,7 +167,7 @@ def _prices(n, match, rows, cols, cost, tol):
     current = v[match]
     better = gain > current + tol
     if not better.any():
-      return v - v.max() if square else v
+      return (v - v.max() if square else v), matched_cost
     v[match[better]] = gain[better]
     if not square and np.any(v[match] > tol):  # an improving path
       return None
@@ -203,12 +204,16 @@ def assign(points, proposals, scores, *, cost_point: float,
     raise ValueError(f"{m} points but only {n} proposals")
   if m == 0:
     return np.zeros(0, np.int64)
+  class_term = cost_class * scores
+
+  def dense():
+    return assign_dense(cost_point * spatial.distance.cdist(points, proposals)
+                        - class_term[None, :])
+
   if cost_point <= 0:  # no locality to exploit
-    return assign_dense(cost_point * spatial.distance.cdist(
-        points, proposals) - cost_class * scores[None, :])
+    return dense()
   # Unbalanced, uncompacted: half the build time, queries as fast here.
   tree = spatial.cKDTree(proposals, balanced_tree=False, compact_nodes=False)
-  class_term = cost_class * scores
   k = min(k, n)
   rows, cols = _candidates(tree, points, class_term, cost_point, k)
   match, changed = None, None
@@ -221,13 +226,12 @@ def assign(points, proposals, scores, *, cost_point: float,
       k = min(2 * k, n)
       rows, cols = _candidates(tree, points, class_term, cost_point, k)
       continue
-    v = _prices(n, match, rows, cols, cost, tol)
-    if v is None:
+    priced = _prices(n, match, rows, cols, cost, tol)
+    if priced is None:
       break
+    v, matched = priced
     # u_i = C[i, σ(i)] − v_σ(i); a pair (i, j) violates u_i + v_j <= C[i, j]
     # only if cost_point·d_ij < v_j + cost_class·s_j + u_i.
-    matched = _cost(points, proposals, scores, np.arange(m), match,
-                    cost_point, cost_class)
     u = matched - v[match]
     finite = np.isfinite(v)
     top = np.max(v[finite] + class_term[finite])
@@ -261,5 +265,4 @@ def assign(points, proposals, scores, *, cost_point: float,
     cols = np.concatenate([cols] + new_cols)
     key = np.unique(rows * n + cols)
     rows, cols = key // n, key % n
-  return assign_dense(cost_point * spatial.distance.cdist(points, proposals)
-                      - class_term[None, :])
+  return dense()

@@ -16,7 +16,7 @@ def test_options_per_platform():
 
 
 def _ops_of(options, f, *args):
-  """Opcodes of the ops XLA hands to YNNPACK and of its own convolutions."""
+  """Where the convolutions of ``f`` run: a subset of {"ynn", "xla"}."""
   text = jax.jit(f, compiler_options=options).lower(*args).compile().as_text()
   entry = text[text.index("ENTRY"):]
   return {("ynn" if "ynn_fusion" in line.split("=")[0] else "xla")
