@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,9 @@ def runs(tmp_path_factory):
 def test_killed_run_resumes_from_its_last_checkpoint(runs):
   steps = [int(s) for s in runs["killed_at"] if s.isdigit()]
   assert 0 < max(steps) < TOTAL, runs["killed_at"]
-  assert "resumed from step" in runs["stdout"]
+  resumed = re.search(r"resumed from step (\d+)", runs["stdout"])
+  assert resumed, runs["stdout"][-2000:]
+  assert int(resumed.group(1)) == max(steps), (resumed.group(0), steps)
 
 
 def test_resumed_run_ends_with_the_uninterrupted_parameters(runs):
