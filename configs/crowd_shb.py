@@ -23,6 +23,7 @@ converted with ``counting-jax convert`` (``init_checkpoint``).
 import ml_collections
 
 from configs import common
+from counting_jax.train import defaults
 
 _RECIPES = {
     # loss: (model, batch size, loss kwargs)
@@ -80,4 +81,4 @@ def get_config(arg=None):
     c.log_every = 1
     c.checkpoint_every = 2
     c.num_panels = 1
-  return c
+  return defaults.complete(c)  # every trainer field, overridable
