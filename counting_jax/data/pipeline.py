@@ -27,6 +27,7 @@ from typing import Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from counting_jax.data import transforms
 from counting_jax.data.fields import BatchFields
@@ -196,6 +197,10 @@ def iterate(ds, start: int = 0, *, process_index: int = 0,
       num_threads=1 if num_workers else 2,
       prefetch_buffer_size=max(1, prefetch)))
   if num_workers:
+    if not flags.FLAGS.is_parsed():
+      # grain's workers read absl flags (their defaults): outside an absl
+      # app (a notebook, a test) nothing has parsed them.
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=max(1, prefetch)))
   return iter(it)

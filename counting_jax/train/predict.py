@@ -154,11 +154,15 @@ def read_exemplars(path) -> dict:
 
 def boxes_for(exemplars: dict, name: str) -> np.ndarray:
   """Boxes of image ``name`` (a file name or an image id) in ``exemplars``
-  (by file name, then stem); float32 [0, 4] when absent."""
+  (the same key, else the same stem: "IMG_1" finds "IMG_1.jpg" and back);
+  float32 [0, 4] when absent."""
   name = str(name)
-  for key in (name, pathlib.Path(name).stem):
-    if key in exemplars:
-      return exemplars[key]
+  if name in exemplars:
+    return exemplars[name]
+  stem = pathlib.Path(name).stem
+  for key, boxes in exemplars.items():
+    if pathlib.Path(key).stem == stem:
+      return boxes
   return np.zeros((0, 4), np.float32)
 
 
