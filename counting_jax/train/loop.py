@@ -194,37 +194,40 @@ def train_and_evaluate(config, workdir) -> dict:
   bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train",
                   dynamic_ncols=True, disable=config.quiet or not lead)
   t0, n_timed = time.time(), 0
-  for step in range(start, config.total_steps):
-    state, metrics = train_step(state, sharding.shard_batch(next(batches),
-                                                            mesh))
-    pending.append(metrics)
-    n_timed += 1
-    done = step + 1
-    epoch = epochs_done(done, inp.batch_size, len(stream))
-    if (method.on_epoch_end is not None
-        and epoch > epochs_done(step, inp.batch_size, len(stream))):
-      state = method.on_epoch_end(state, epoch)
-    if done % config.log_every == 0 or done == config.total_steps:
-      rows = [_host(r) for r in pending]
-      _check_finite(rows, done)
-      means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-      means["steps_per_s"] = n_timed / max(time.time() - t0, 1e-9)
-      if writer is not None:
-        writer.write_scalars(done, means, prefix="train/")
-      bar.set_postfix(loss=f"{means['loss']:.4g}", mae=f"{means['mae']:.2f}")
-      bar.update(len(rows))
-      pending, t0, n_timed = [], time.time(), 0
-    if done % config.checkpoint_every == 0 or done == config.total_steps:
-      pending = [_host(r) for r in pending]  # logged after a resume
-      _check_finite(pending, done)
-      # Asynchronous: orbax copies the arrays to the host before returning
-      # and writes them in the background, atomically (a kill mid-write
-      # leaves the previous step intact).
-      checkpoint.save(manager, state, step=done, wait=False,
-                      meta={"step": done, "pending": list(pending)})
-  bar.close()
-  manager.wait_until_finished()
-  manager.close()
+  try:
+    for step in range(start, config.total_steps):
+      state, metrics = train_step(state, sharding.shard_batch(next(batches),
+                                                              mesh))
+      pending.append(metrics)
+      n_timed += 1
+      done = step + 1
+      epoch = epochs_done(done, inp.batch_size, len(stream))
+      if (method.on_epoch_end is not None
+          and epoch > epochs_done(step, inp.batch_size, len(stream))):
+        state = method.on_epoch_end(state, epoch)
+      if done % config.log_every == 0 or done == config.total_steps:
+        rows = [_host(r) for r in pending]
+        _check_finite(rows, done)
+        means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        means["steps_per_s"] = n_timed / max(time.time() - t0, 1e-9)
+        if writer is not None:
+          writer.write_scalars(done, means, prefix="train/")
+        bar.set_postfix(loss=f"{means['loss']:.4g}", mae=f"{means['mae']:.2f}")
+        bar.update(len(rows))
+        pending, t0, n_timed = [], time.time(), 0
+      if done % config.checkpoint_every == 0 or done == config.total_steps:
+        pending = [_host(r) for r in pending]  # logged after a resume
+        _check_finite(pending, done)
+        # Asynchronous: orbax copies the arrays to the host before returning
+        # and writes them in the background, atomically (a kill mid-write
+        # leaves the previous step intact).
+        checkpoint.save(manager, state, step=done, wait=False,
+                        meta={"step": done, "pending": list(pending)})
+  finally:
+    # Saves already started are of checked states: let them finish.
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
   result = evaluate(config, workdir, state=state, method=method,
                     writer=writer)
   if writer is not None:

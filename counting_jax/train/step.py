@@ -1,4 +1,8 @@
-"""Pure train and eval steps of any method: (state, batch) -> (state, metrics)."""
+"""Pure train and eval steps of any method.
+
+``train_step(state, batch) -> (state, metrics)``, ``eval_step(state, inputs)
+-> density``.
+"""
 
 from __future__ import annotations
 
