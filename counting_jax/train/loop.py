@@ -37,6 +37,7 @@ from counting_jax import models as models_lib
 from counting_jax.data import pipeline
 from counting_jax.train import checkpoint, optim, panels, pretrained, sharding
 from counting_jax.train import compile_options
+from counting_jax.train import published as published_lib
 from counting_jax.train import predict as predict_lib
 from counting_jax.train import state as state_lib
 from counting_jax.train import step as step_lib
@@ -112,7 +113,8 @@ def _tiling(config):
 def _load(config, split):
   ds = config.dataset
   return data_lib.load(ds.name, split, data_dir=_opt(ds.get("data_dir")),
-                       manual_dir=_opt(ds.get("manual_dir")))
+                       manual_dir=_opt(ds.get("manual_dir")),
+                       options=_opt(ds.get(ds.name)))
 
 
 def _host(metrics) -> dict:
@@ -303,20 +305,22 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
       source, batch_size=inp.eval_batch_size,
       pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std,
       indices=mine):
-    dens = predict_lib.predict_densities(
-        predict, batch["image"], stride=model.stride,
+    dens, counts = predict_lib.predict_counts(
+        predict, batch["image"], batch["image_size"], stride=model.stride,
         multiple=_pad_multiple(config), **_tiling(config))
     for b in range(dens.shape[0]):
       index = mine[len(rows)]
-      rows.append((index, float(dens[b].sum()), float(batch["count"][b]),
+      rows.append((index, float(counts[b]), float(batch["count"][b]),
                    str(batch["image_id"][b])))
       if index >= n_panels:
         continue
+      (h, w), pred = batch["image_size"][b], density_lib.crop_to_image(
+          dens[b], batch["image_size"][b], model.stride)
       target = density_lib.gaussian_density(
-          batch["points"][b], batch["point_mask"][b], dens.shape[1:],
+          batch["points"][b], batch["point_mask"][b], pred.shape,
           config.get("panel_sigma", 2.0), stride=model.stride)
       panels.save_panel(panel_dir / f"{batch['image_id'][b]}.png",
-                        batch["image"][b], dens[b],
+                        batch["image"][b][:h, :w], pred,
                         target_density=np.asarray(target),
                         true_count=float(batch["count"][b]),
                         title=str(batch["image_id"][b]))
@@ -336,10 +340,10 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
           f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
           f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
           f"({result['n']} images)")
-    published = config.get("published")
+    published = published_lib.published_table(config)
     if published:
-      print("published (" + config.get("published_protocol", "") + "):")
-      for name, value in published:
+      print("published (" + published[0] + "):")
+      for name, value in published[1]:
         print(f"  {name:<36} {value}")
   return result
 

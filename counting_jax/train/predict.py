@@ -4,8 +4,10 @@
 batch padded to a multiple of their number and sharded over them);
 :func:`predict_densities` sends images larger than ``max_size`` through
 overlapping tiles (``counting_jax.train.tiling``) and the others through
-the model whole; :func:`count_images` writes ``counts.csv`` and density
-panels for a folder of images.
+the model whole; :func:`predict_counts` adds the counts, summed over the
+density cells that cover each real image only (not its zero padding,
+``counting_jax.density.count_in_image``); :func:`count_images` writes
+``counts.csv`` and density panels for a folder of images.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import pathlib
 import jax
 import numpy as np
 
+from counting_jax import density as density_lib
 from counting_jax.data import files as files_lib
 from counting_jax.data import pipeline, transforms
 from counting_jax.train import panels, sharding, tiling
 
-__all__ = ["make_predict_fn", "predict_densities", "count_images",
+__all__ = ["make_predict_fn", "predict_densities", "predict_counts",
+           "count_images",
            "list_images", "predict_folder", "EXTENSIONS"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -77,6 +81,29 @@ def predict_densities(predict, images, *, stride: int, multiple: int,
                    for im in images])
 
 
+def predict_counts(predict, images, image_size, *, stride: int,
+                   multiple: int, **tiling_kwargs):
+  """(densities, counts) of a batch of padded, normalised images.
+
+  Args:
+    predict, images, stride, multiple, tiling_kwargs: as
+      :func:`predict_densities` (tiled or whole).
+    image_size: int [b, 2], each real image's (height, width) before
+      zero-padding (``pipeline.eval_batches``' ``image_size``).
+
+  Returns:
+    (float32 [b, H // stride, W // stride] densities of the padded images,
+    float64 [b] counts over the cells that cover each real image:
+    ``density.count_in_image``, which counts a cell straddling the image
+    edge in full and leaves out cells of padding only).
+  """
+  dens = predict_densities(predict, images, stride=stride,
+                           multiple=multiple, **tiling_kwargs)
+  counts = np.asarray(density_lib.count_in_image(dens, image_size, stride),
+                      np.float64)
+  return dens, counts
+
+
 def list_images(images_dir) -> list:
   """Image files (``EXTENSIONS``) of a folder, sorted.
 
@@ -97,8 +124,8 @@ def list_images(images_dir) -> list:
 def count_images(predict, files, out_dir, *, stride: int, multiple: int,
                  mean, std, tiling_kwargs=None, panels_too: bool = True):
   """Counts each image file at full resolution (zero-padded at the bottom/
-  right to ``multiple``; the count sums the whole padded density map, as in
-  evaluation), writes ``counts.csv`` and, with ``panels_too``, one
+  right to ``multiple``; the count sums the density cells that cover the
+  real image, as in evaluation: :func:`predict_counts`), writes ``counts.csv`` and, with ``panels_too``, one
   ``<stem>_density.png`` panel per image to ``out_dir``; returns
   {file name: count}.
   """
@@ -111,13 +138,13 @@ def count_images(predict, files, out_dir, *, stride: int, multiple: int,
         {"image": image, "points": np.zeros((0, 2), np.float32),
          "boxes": np.zeros((0, 4), np.float32)}, multiple)
     x = pipeline.normalize(sample["image"], mean, std)[None]
-    dens = predict_densities(predict, x, stride=stride, multiple=multiple,
-                             **(tiling_kwargs or {}))[0]
-    counts[path.name] = float(dens.sum())
+    size = np.asarray([image.shape[:2]], np.int32)
+    dens, count = predict_counts(predict, x, size, stride=stride,
+                                 multiple=multiple, **(tiling_kwargs or {}))
+    counts[path.name] = float(count[0])
     if panels_too:
       panels.save_panel(out_dir / f"{path.stem}_density.png", image,
-                        dens[:image.shape[0] // stride,
-                             :image.shape[1] // stride],
+                        density_lib.crop_to_image(dens[0], size[0], stride),
                         title=path.name)
   with open(out_dir / "counts.csv", "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
