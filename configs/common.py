@@ -38,5 +38,6 @@ def dot_folder_options() -> ml_collections.ConfigDict:
   set (a user's own folder; ``counting_jax.data.dot_folder.OPTIONS``) at its
   default, so each can be set on the command line
   (``--config.dataset.dot_folder.blob_centres=True``)."""
-  from counting_jax.data import dot_folder  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from counting_jax.data import dot_folder
   return ml_collections.ConfigDict(dict(dot_folder.OPTIONS))

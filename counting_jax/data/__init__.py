@@ -4,8 +4,8 @@
 None). Builders with options (``dot_folder``: a user's own folder, see
 ``counting_jax.data.dot_folder``) take them as ``options`` (a dict; from a
 config, ``config.dataset.<name>``). :func:`load` prepares the array_record
-files on first use (TensorFlow-free) and returns a random-access source of samples
-(``counting_jax.data.sample``), ready for grain.
+files on first use (TensorFlow-free) and returns a random-access source of
+samples (``counting_jax.data.sample``), ready for grain.
 """
 
 from __future__ import annotations

@@ -125,8 +125,9 @@ def count_images(predict, files, out_dir, *, stride: int, multiple: int,
                  mean, std, tiling_kwargs=None, panels_too: bool = True):
   """Counts each image file at full resolution (zero-padded at the bottom/
   right to ``multiple``; the count sums the density cells that cover the
-  real image, as in evaluation: :func:`predict_counts`), writes ``counts.csv`` and, with ``panels_too``, one
-  ``<stem>_density.png`` panel per image to ``out_dir``; returns
+  real image, as in evaluation: :func:`predict_counts`), writes
+  ``counts.csv`` and, with ``panels_too``, one ``<stem>_density.png`` panel
+  per image (the cells covering the image) to ``out_dir``; returns
   {file name: count}.
   """
   out_dir = pathlib.Path(out_dir)

@@ -148,9 +148,9 @@ def test_point_files_csv_and_json(tmp_path):
   (tmp_path / "c.json").write_text(json.dumps({"points": [[3, 4]]}))
   (tmp_path / "d.json").write_text(json.dumps([{"x": 3, "y": 4}]))
   (tmp_path / "e.csv").write_text("")
-  got = {i: dot_folder.read_sample(tmp_path / f"{i}.{'png' if i == 'a' else 'tif'}",
-                                   i)["points"].tolist()
-         for i in "abcde"}
+  suffix = dict(a="png", b="tif", c="tif", d="tif", e="tif")
+  got = {i: dot_folder.read_sample(tmp_path / f"{i}.{s}", i)["points"].tolist()
+         for i, s in suffix.items()}
   assert got == {"a": [[3, 4], [19.5, 0]], "b": [[3, 4], [5, 6]],
                  "c": [[3, 4]], "d": [[3, 4]], "e": []}
   s = dot_folder.read_sample(tmp_path / "b.tif", "b", dict(point_offset=0.5))

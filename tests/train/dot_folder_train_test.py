@@ -89,7 +89,8 @@ def test_trains_and_evaluates_on_the_test_fraction(run):
 
 def test_counts_leave_out_the_padding(run):
   config, workdir, _, _ = run
-  model, state = loop._restore_for_eval(config, workdir)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  model, state = loop._restore_for_eval(config, workdir)
   eval_step = jax.jit(step_lib.make_eval_step(
       model.apply, density_scale=config.density_scale))
   test = data.load("dot_folder", "test", data_dir=config.dataset.data_dir,

@@ -36,8 +36,9 @@ _VERSION = tfds.core.Version("1.0.0")
 class DotFolderConfig(tfds.core.BuilderConfig):
   """A folder and its reading options (``dot_folder.OPTIONS``)."""
 
-  manual_dir: str = ""
-  options: dict = dataclasses.field(default_factory=dict)
+  # Left out of the repr: tfds logs it for every custom config.
+  manual_dir: str = dataclasses.field(default="", repr=False)
+  options: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 def _listing(root: pathlib.Path) -> list:
@@ -80,8 +81,7 @@ class DotFolder(tfds.core.GeneratorBasedBuilder):
                      default=str)
     name = "h" + hashlib.sha256(key.encode()).hexdigest()[:16]
     return DotFolderConfig(name=name, version=_VERSION, manual_dir=str(root),
-                           options=opts,
-                           description=f"{root} with {opts}")
+                           options=opts, description=str(root))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
