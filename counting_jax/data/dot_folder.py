@@ -29,8 +29,10 @@ images is a split named after it, e.g. ``train/`` and ``test/``), "list"
 one ``<id> <split>`` line per image, separated by a comma or spaces; every
 image must be listed exactly once) or "fraction" (a ``test_fraction`` of
 the images, drawn with ``split_seed`` from the images sorted by id, is
-``test``, the rest ``train``). "auto": "list" when ``split_list`` is given,
-else "folders" when sub-folders hold images, else "fraction".
+``test``, the rest ``train``); "list" and "fraction" read the images of
+``manual_dir`` itself. "auto": "list" when ``split_list`` is given, else
+"fraction" when ``manual_dir`` itself holds images (sub-folders are then
+not read, and a warning names those holding images), else "folders".
 
 ``rescale`` (> 0, 1 = off) resizes every image once, when the data set is
 prepared, by that factor (bilinear; points move with the pixels by the exact
@@ -294,14 +296,20 @@ def find_images(root, options=None) -> dict:
   subs = {d.name: _images_in(d, opts) for d in sorted(root.iterdir())
           if d.is_dir()}
   subs = {k: v for k, v in subs.items() if v}
+  images = _images_in(root, opts)
   mode = opts["split"]
   if mode == "auto":
-    mode = ("list" if opts["split_list"] else "folders" if subs else
-            "fraction")
+    mode = ("list" if opts["split_list"] else "fraction" if images else
+            "folders")
   if mode == "folders":
     if not subs:
       raise FileNotFoundError(f"dot_folder: no sub-folder of {root} holds "
                               f"images ({list(IMAGE_EXTENSIONS)})")
+    if images:
+      raise ValueError(
+          f"dot_folder: split='folders' reads the sub-folders {sorted(subs)} "
+          f"of {root}, but {root} itself holds images, e.g. "
+          f"{next(iter(images.values()))}; move them or use another split")
     seen = {}
     for name, images in subs.items():
       for image_id, p in images.items():
@@ -310,7 +318,10 @@ def find_images(root, options=None) -> dict:
                            f"{seen[image_id]} and {p}")
         seen[image_id] = p
     return subs
-  images = _images_in(root, opts)
+  if subs:
+    logging.warning("dot_folder: %s: sub-folders %s also hold images; "
+                    "they are not read (split=%r reads %s itself)", root,
+                    sorted(subs), mode, root)
   if not images:
     raise FileNotFoundError(
         f"dot_folder: no images (<id>{opts['image_suffix']}"

@@ -192,6 +192,12 @@ def test_splits_folders_list_fraction(tmp_path):
   splits = dot_folder.find_images(tmp_path / "f")
   assert {k: sorted(v) for k, v in splits.items()} == {
       "test": ["tim0", "tim1"], "train": ["im0", "im1", "im2"]}
+  _folder(tmp_path / "f", n=2, seed=2)  # images beside the sub-folders
+  with pytest.raises(ValueError, match="itself holds images.*im0.png"):
+    dot_folder.find_images(tmp_path / "f", dict(split="folders"))
+  s = dot_folder.find_images(tmp_path / "f")  # auto: fraction of f itself
+  assert sorted(s["train"]) + sorted(s["test"]) in (["im0", "im1"],
+                                                    ["im1", "im0"])
 
   _folder(tmp_path / "g", n=10)
   a = dot_folder.find_images(tmp_path / "g", dict(test_fraction=0.3))
