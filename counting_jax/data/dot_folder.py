@@ -63,7 +63,7 @@ from counting_jax.data import sample as sample_lib
 from counting_jax.data import transforms
 
 __all__ = ["OPTIONS", "LOSSY_RATIO", "IMAGE_EXTENSIONS", "check_options",
-           "read_dot_map", "read_point_file", "find_images", "split_ids",
+           "read_dot_map", "read_point_file", "find_images",
            "read_sample"]
 
 # Defaults of every option (the builder's config and ``config.dataset``'s
@@ -326,10 +326,10 @@ def find_images(root, options=None) -> dict:
     raise FileNotFoundError(
         f"dot_folder: no images (<id>{opts['image_suffix']}"
         f"{{{','.join(IMAGE_EXTENSIONS)}}}) in {root}")
-  return split_ids(images, opts, root, mode)
+  return _split(images, opts, root, mode)
 
 
-def split_ids(images: dict, opts: dict, root, mode: str) -> dict:
+def _split(images: dict, opts: dict, root, mode: str) -> dict:
   """Splits {id: path} by a list file ("list") or a seeded fraction."""
   ids = sorted(images)
   if mode == "fraction":
