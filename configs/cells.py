@@ -24,6 +24,9 @@ def get_config(arg=None):
   c.dataset = ml_collections.ConfigDict(dict(
       name="vgg_cells", train_split="train", test_split="test", num_train=32,
       draw_seed=a["draw"], data_dir="", manual_dir=""))
+  # Options of name="dot_folder" (your own folder, manual_dir), e.g.
+  # --config.dataset.dot_folder.split=fraction; counting_jax.data.dot_folder.
+  c.dataset.dot_folder = common.dot_folder_options()
   c.input = ml_collections.ConfigDict(dict(
       batch_size=8, crop_size=(128, 128), flip=True, vflip=True,
       scale_range=None, max_points=320, pad_multiple=8, eval_batch_size=20,
@@ -44,6 +47,11 @@ def get_config(arg=None):
   c.checkpoint_every = 200
   c.num_panels = 4
   c.panel_sigma = 2.0
+  # Printed after evaluation only for this data set and protocol
+  # (counting_jax/train/published.py).
+  c.published_dataset = ml_collections.ConfigDict(dict(
+      name="vgg_cells", train_split="train", test_split="test",
+      num_train=32))
   c.published_protocol = "VGG cells, N=32, MAE mean ± std over 5 draws"
   c.published = (
       ("Lempitsky & Zisserman 2010", "3.5 ± 0.2"),

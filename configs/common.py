@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 
-__all__ = ["parse_arg"]
+import ml_collections
+
+__all__ = ["parse_arg", "dot_folder_options"]
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
@@ -29,3 +31,13 @@ def parse_arg(arg: str | None, **defaults) -> dict:
     except (ValueError, SyntaxError):
       out[key] = value
   return out
+
+
+def dot_folder_options() -> ml_collections.ConfigDict:
+  """``config.dataset.dot_folder``: every option of the ``dot_folder`` data
+  set (a user's own folder; ``counting_jax.data.dot_folder.OPTIONS``) at its
+  default, so each can be set on the command line
+  (``--config.dataset.dot_folder.blob_centres=True``)."""
+  # pylint: disable-next=g-import-not-at-top
+  from counting_jax.data import dot_folder
+  return ml_collections.ConfigDict(dict(dot_folder.OPTIONS))

@@ -46,6 +46,7 @@ def get_config(arg=None):
       name="shanghaitech_b", train_split="train", test_split="test",
       num_train=ml_collections.config_dict.placeholder(int), draw_seed=0,
       data_dir="", manual_dir=""))
+  c.dataset.dot_folder = common.dot_folder_options()
   c.input = ml_collections.ConfigDict(dict(
       batch_size=batch, crop_size=(512, 512), flip=True, vflip=False,
       scale_range=None, max_points=1024, pad_multiple=32, eval_batch_size=1,
@@ -63,6 +64,9 @@ def get_config(arg=None):
   c.checkpoint_every = 5000
   c.num_panels = 4
   c.panel_sigma = 8.0
+  c.published_dataset = ml_collections.ConfigDict(dict(
+      name="shanghaitech_b", train_split="train", test_split="test",
+      num_train=ml_collections.config_dict.placeholder(int)))
   c.published_protocol = "ShanghaiTech B test, MAE / RMSE"
   c.published = (
       ("BL (Ma et al. 2019)", "7.7 / 12.7"),

@@ -167,3 +167,34 @@ def test_windowed_equals_dense_on_a_flat_map(kernel):
   np.testing.assert_allclose(windowed, dense, rtol=0,
                              atol=2e-6 * float(np.max(dense)))
   np.testing.assert_allclose(float(windowed.sum()), 33.0, rtol=1e-5)
+
+
+def test_count_in_image_masks_padding_counts_straddling_cells():
+  # 300 x 300 image padded to 304 (pad_multiple 8) at stride 8: 38 x 38
+  # cells, the last row/column straddling the edge (296..304).
+  dens = np.ones((2, 40, 40), np.float32)
+  size = np.array([[300, 300], [17, 300]], np.int32)
+  counts = np.asarray(density.count_in_image(dens, size, 8))
+  # Straddling cells count in full: ceil(300 / 8) = 38, ceil(17 / 8) = 3.
+  np.testing.assert_array_equal(counts, [38 * 38, 3 * 38])
+  mask = np.asarray(density.image_mask((40, 40), size, 8))
+  assert mask[0, 37, 37] and not mask[0, 38, 0] and not mask[1, 3, 0]
+  crop = density.crop_to_image(dens[1], size[1], 8)
+  assert crop.shape == (3, 38)
+  # Stride 1: exactly the real pixels.
+  d = np.random.default_rng(0).random((1, 24, 32)).astype(np.float32)
+  np.testing.assert_allclose(
+      density.count_in_image(d, [[20, 27]], 1), [d[0, :20, :27].sum()],
+      rtol=1e-6)
+  with pytest.raises(ValueError, match="more cells than the density map"):
+    density.count_in_image(d, [[30, 27]], 1)
+
+
+def test_median_nearest_distance_and_spacing_sigma():
+  # A square lattice of spacing 5: every nearest distance is 5.
+  xs, ys = np.meshgrid(np.arange(4) * 5.0, np.arange(3) * 5.0)
+  lattice = np.stack([xs.ravel(), ys.ravel()], -1)
+  assert density.median_nearest_distance([lattice, [[1.0, 1.0]]]) == 5.0
+  assert density.spacing_sigma([lattice], fraction=0.4) == 2.0
+  with pytest.raises(ValueError, match="no image has two points"):
+    density.median_nearest_distance([np.zeros((1, 2))])

@@ -1,9 +1,11 @@
 """Data sets as tensorflow-datasets builders over manually downloaded files.
 
 ``DATASETS`` maps a name to (builder class, default manual directory or
-None). :func:`load` prepares the array_record files on first use
-(TensorFlow-free) and returns a random-access source of samples
-(``counting_jax.data.sample``), ready for grain.
+None). Builders with options (``dot_folder``: a user's own folder, see
+``counting_jax.data.dot_folder``) take them as ``options`` (a dict; from a
+config, ``config.dataset.<name>``). :func:`load` prepares the array_record
+files on first use (TensorFlow-free) and returns a random-access source of
+samples (``counting_jax.data.sample``), ready for grain.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tensorflow_datasets as tfds
 from counting_jax.data import vgg_cells
 from counting_jax.data.builders.vgg_cells import VggCells
 from counting_jax.data.builders.carpk import Carpk
+from counting_jax.data.builders.dot_folder import DotFolder
 from counting_jax.data.builders.fsc147 import Fsc147
 from counting_jax.data.builders.jhu_crowd import JhuCrowd
 from counting_jax.data.builders.nwpu_crowd import NwpuCrowd
@@ -32,6 +35,7 @@ DATASETS = {
     "nwpu_crowd": (NwpuCrowd, None),
     "fsc147": (Fsc147, None),
     "carpk": (Carpk, None),
+    "dot_folder": (DotFolder, None),
 }
 
 __all__ = ["DATASETS", "builder", "load", "default_data_dir"]
@@ -43,7 +47,7 @@ def default_data_dir() -> str:
                         str(pathlib.Path.home() / "tensorflow_datasets"))
 
 
-def builder(name: str, *, data_dir=None, manual_dir=None):
+def builder(name: str, *, data_dir=None, manual_dir=None, options=None):
   """The prepared builder of data set ``name``.
 
   Args:
@@ -52,9 +56,13 @@ def builder(name: str, *, data_dir=None, manual_dir=None):
       :func:`default_data_dir`).
     manual_dir: the user's downloaded files (default: the data set's own, e.g.
       the shipped VGG cells copy).
+    options: dict of builder options (``dot_folder``: keys of
+      ``counting_jax.data.dot_folder.OPTIONS``); they and the folder name
+      the prepared copy, so other options prepare another copy.
 
   Raises:
-    ValueError: for an unknown name.
+    ValueError: for an unknown name, options given to a builder without
+      any, or a bad option.
     AssertionError (from tfds): when ``manual_dir`` is missing or empty; the
       message repeats the data set's MANUAL_DOWNLOAD_INSTRUCTIONS.
   """
@@ -63,7 +71,13 @@ def builder(name: str, *, data_dir=None, manual_dir=None):
   cls, default_manual = DATASETS[name]
   data_dir = str(data_dir or default_data_dir())
   manual_dir = manual_dir or default_manual
-  b = cls(data_dir=data_dir, file_format="array_record")
+  kwargs = {}
+  if hasattr(cls, "make_config"):
+    kwargs["config"] = cls.make_config(manual_dir, dict(options or {}))
+  elif options:
+    raise ValueError(f"data set {name!r} takes no options, got "
+                     f"{sorted(dict(options))}")
+  b = cls(data_dir=data_dir, file_format="array_record", **kwargs)
   if not b.is_prepared():
     config = tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else str(manual_dir))
@@ -71,14 +85,16 @@ def builder(name: str, *, data_dir=None, manual_dir=None):
   return b
 
 
-def load(name: str, split: str, *, data_dir=None, manual_dir=None):
+def load(name: str, split: str, *, data_dir=None, manual_dir=None,
+         options=None):
   """Random-access source of the samples of ``name``/``split``.
 
   Returns a sequence (``len``, ``__getitem__``) of sample dicts with numpy
   values; text fields are ``str``. Splits accept tfds slicing
   (``"train[:32]"``).
   """
-  b = builder(name, data_dir=data_dir, manual_dir=manual_dir)
+  b = builder(name, data_dir=data_dir, manual_dir=manual_dir,
+              options=options)
   return _Decoded(b.as_data_source(split))
 
 

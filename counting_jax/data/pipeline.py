@@ -14,10 +14,12 @@ Batches are dicts of numpy arrays with static shapes:
 ``image`` float32 [B, H, W, 3] (normalised), ``points`` float32 [B, N, 2]
 (x, y) input pixels, ``point_mask`` bool [B, N] (padded rows are zero),
 ``count`` float32 [B] and ``image_id`` str [B]; and, when the method's
-``BatchFields`` (``counting_jax.methods.base``) ask for them, ``exemplars``
+``BatchFields`` (``counting_jax.data.fields``) ask for them, ``exemplars``
 float32 [B, E, 4] (x1, y1, x2, y2 input pixels) with ``exemplar_mask`` bool
 [B, E], ``tokens`` int32 [B, L], ``masks`` float32 [B, H, W, C] and what the
-method's hooks add.
+method's hooks add. Evaluation batches add ``image_size`` int32 [B, 2], each
+image's (height, width) before padding (count only the density cells that
+cover it: ``counting_jax.density.count_in_image``).
 """
 
 from __future__ import annotations
@@ -227,7 +229,9 @@ def eval_batches(source, *, batch_size: int, pad_multiple: int = 1,
   Consecutive images are batched while they share a size (each batch is
   padded to the largest point count in it, rounded up to a multiple of 64 to
   limit recompilation); images are zero-padded at the bottom/right to
-  ``pad_multiple`` (padding carries no density and no points).
+  ``pad_multiple`` (padding carries no points; ``image_size`` int32 [B, 2]
+  keeps each real (height, width), so counts can leave the padding out:
+  ``counting_jax.density.count_in_image``).
   """
   indices = range(len(source)) if indices is None else indices
   pending = []
@@ -241,9 +245,10 @@ def eval_batches(source, *, batch_size: int, pad_multiple: int = 1,
     return _finish(batch, mean, std)
 
   for i in indices:
-    s = source[i]
+    s = dict(source[i])
     if fields.before_augment is not None:
       s = fields.before_augment(s)
+    s["image_size"] = np.asarray(s["image"].shape[:2], np.int32)
     s = transforms.pad_to_multiple(s, pad_multiple)
     if fields.after_augment is not None:
       s = fields.after_augment(s)

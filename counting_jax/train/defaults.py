@@ -18,8 +18,10 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``input.num_workers``: input worker processes (0 = a background thread).
 - ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
 - ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float}``.
-- ``init_checkpoint``, ``num_panels``, ``panel_sigma``, ``published``,
-  ``published_protocol``, ``quiet``.
+- ``published``, ``published_protocol``, ``published_dataset``: a results
+  table and the data set fields it was measured on
+  (``counting_jax.train.published``).
+- ``init_checkpoint``, ``num_panels``, ``panel_sigma``, ``quiet``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ DEFAULTS = {
     "panel_sigma": 2.0,
     "published": (),
     "published_protocol": "",
+    "published_dataset": {},
     "quiet": False,
     "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
               "max_exemplars": 0},

@@ -39,6 +39,7 @@ from counting_jax import metrics as metrics_lib
 from counting_jax.data import pipeline
 from counting_jax.train import checkpoint, optim, panels, pretrained, sharding
 from counting_jax.train import compile_options, defaults
+from counting_jax.train import published as published_lib
 from counting_jax.train import predict as predict_lib
 from counting_jax.train import state as state_lib
 from counting_jax.train import step as step_lib
@@ -110,7 +111,8 @@ def _check_finite(rows, last_step):
 def _load(config, split):
   ds = config.dataset
   return data_lib.load(ds.name, split, data_dir=_opt(ds.get("data_dir")),
-                       manual_dir=_opt(ds.get("manual_dir")))
+                       manual_dir=_opt(ds.get("manual_dir")),
+                       options=_opt(ds.get(ds.name)))
 
 
 def _host(metrics) -> dict:
@@ -363,19 +365,22 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   for batch in pipeline.eval_batches(
       source, batch_size=inp.eval_batch_size, pad_multiple=inp.pad_multiple,
       mean=inp.mean, std=inp.std, indices=mine, fields=method.fields):
-    dens = predict_lib.predict_densities(
-        predict, predict_lib.model_inputs(batch, method), stride=method.stride,
-        multiple=inp.pad_multiple, **dict(config.eval_tiling))
+    dens, counts = predict_lib.predict_counts(
+        predict, predict_lib.model_inputs(batch, method), batch["image_size"],
+        stride=method.stride, multiple=inp.pad_multiple,
+        **dict(config.eval_tiling))
     for b in range(dens.shape[0]):
       index = mine[len(rows)]
-      rows.append((index, float(dens[b].sum()), float(batch["count"][b])))
+      rows.append((index, float(counts[b]), float(batch["count"][b])))
       if index >= n_panels:
         continue
+      (h, w), pred = batch["image_size"][b], density_lib.crop_to_image(
+          dens[b], batch["image_size"][b], method.stride)
       target = density_lib.gaussian_density(
-          batch["points"][b], batch["point_mask"][b], dens.shape[1:],
+          batch["points"][b], batch["point_mask"][b], pred.shape,
           config.panel_sigma, stride=method.stride)
       panels.save_panel(panel_dir / f"{batch['image_id'][b]}.png",
-                        batch["image"][b], dens[b],
+                        batch["image"][b][:h, :w], pred,
                         target_density=np.asarray(target),
                         true_count=float(batch["count"][b]),
                         title=str(batch["image_id"][b]))
@@ -396,10 +401,10 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
           f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
           f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
           f"({result['n']} images)")
-    published = config.published
+    published = published_lib.published_table(config)
     if published:
-      print("published (" + config.published_protocol + "):")
-      for name, value in published:
+      print("published (" + published[0] + "):")
+      for name, value in published[1]:
         print(f"  {name:<36} {value}")
   return result
 

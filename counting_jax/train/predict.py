@@ -4,11 +4,13 @@
 batch padded to a multiple of their number and sharded over them);
 :func:`predict_densities` sends images larger than ``max_size`` through
 overlapping tiles (``counting_jax.train.tiling``) and the others through
-the model whole; :func:`count_images` writes ``counts.csv`` and density
-panels for a folder of images. The model inputs are a dict of the method's
-input fields (``image`` and, for conditioned methods, ``exemplars`` /
-``exemplar_mask`` or ``tokens``); :func:`read_exemplars` reads the user's
-``--exemplars`` file.
+the model whole; :func:`predict_counts` adds the counts, summed over the
+density cells that cover each real image only (not its zero padding,
+``counting_jax.density.count_in_image``); :func:`count_images` writes
+``counts.csv`` and density panels for a folder of images. The model inputs
+are a dict of the method's input fields (``image`` and, for conditioned
+methods, ``exemplars`` / ``exemplar_mask`` or ``tokens``);
+:func:`read_exemplars` reads the user's ``--exemplars`` file.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import pathlib
 import jax
 import numpy as np
 
+from counting_jax import density as density_lib
 from counting_jax.data import files as files_lib
 from counting_jax.data import pipeline, transforms
 from counting_jax.train import panels, sharding, tiling
 
-__all__ = ["make_predict_fn", "predict_densities", "count_images",
-           "list_images", "predict_folder", "model_inputs", "read_exemplars",
-           "boxes_for", "check_user_inputs", "EXTENSIONS"]
+__all__ = ["make_predict_fn", "predict_densities", "predict_counts",
+           "count_images", "list_images", "predict_folder", "model_inputs",
+           "read_exemplars", "boxes_for", "check_user_inputs", "EXTENSIONS"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -188,6 +191,29 @@ def check_user_inputs(method, files, *, text=None, exemplars=None) -> None:
                        f"image(s): {missing[:5]}")
 
 
+def predict_counts(predict, images, image_size, *, stride: int,
+                   multiple: int, **tiling_kwargs):
+  """(densities, counts) of a batch of padded, normalised images.
+
+  Args:
+    predict, images, stride, multiple, tiling_kwargs: as
+      :func:`predict_densities` (tiled or whole).
+    image_size: int [b, 2], each real image's (height, width) before
+      zero-padding (``pipeline.eval_batches``' ``image_size``).
+
+  Returns:
+    (float32 [b, H // stride, W // stride] densities of the padded images,
+    float64 [b] counts over the cells that cover each real image:
+    ``density.count_in_image``, which counts a cell straddling the image
+    edge in full and leaves out cells of padding only).
+  """
+  dens = predict_densities(predict, images, stride=stride,
+                           multiple=multiple, **tiling_kwargs)
+  counts = np.asarray(density_lib.count_in_image(dens, image_size, stride),
+                      np.float64)
+  return dens, counts
+
+
 def list_images(images_dir) -> list:
   """Image files (``EXTENSIONS``) of a folder, sorted.
 
@@ -209,9 +235,10 @@ def count_images(predict, files, out_dir, *, method, multiple: int,
                  mean, std, tiling_kwargs=None, panels_too: bool = True,
                  text=None, exemplars=None):
   """Counts each image file at full resolution (zero-padded at the bottom/
-  right to ``multiple``; the count sums the whole padded density map, as in
-  evaluation), writes ``counts.csv`` and, with ``panels_too``, one
-  ``<stem>_density.png`` panel per image to ``out_dir``; returns
+  right to ``multiple``; the count sums the density cells that cover the
+  real image, as in evaluation: :func:`predict_counts`), writes
+  ``counts.csv`` and, with ``panels_too``, one ``<stem>_density.png`` panel
+  per image (the cells covering the image) to ``out_dir``; returns
   {file name: count}.
 
   Args:
@@ -237,6 +264,7 @@ def count_images(predict, files, out_dir, *, method, multiple: int,
               "class_name": text or "", "image_id": path.stem}
     if method.fields.before_augment is not None:
       sample = method.fields.before_augment(sample)
+    size = np.asarray([sample["image"].shape[:2]], np.int32)
     sample = transforms.pad_to_multiple(sample, multiple)
     if method.fields.after_augment is not None:
       sample = method.fields.after_augment(sample)
@@ -244,13 +272,12 @@ def count_images(predict, files, out_dir, *, method, multiple: int,
     batch = {k: np.asarray(v)[None] for k, v in sample.items()
              if k in method.inputs}
     batch["image"] = pipeline.normalize(sample["image"], mean, std)[None]
-    dens = predict_densities(predict, batch, stride=stride,
-                             multiple=multiple, **(tiling_kwargs or {}))[0]
-    counts[path.name] = float(dens.sum())
+    dens, count = predict_counts(predict, batch, size, stride=stride,
+                                 multiple=multiple, **(tiling_kwargs or {}))
+    counts[path.name] = float(count[0])
     if panels_too:
       panels.save_panel(out_dir / f"{path.stem}_density.png", image,
-                        dens[:image.shape[0] // stride,
-                             :image.shape[1] // stride],
+                        density_lib.crop_to_image(dens[0], size[0], stride),
                         title=path.name)
   with open(out_dir / "counts.csv", "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)

@@ -23,8 +23,10 @@ mass where they agree (mass-correct):
 
 Padding rules: (1) the image is zero-padded (uint8 0, before normalising)
 at the bottom/right to a multiple of ``m``, exactly as for untiled
-evaluation, and the count is the sum of the stitched map over the whole
-padded grid, so a tiled and an untiled count differ only by seams;
+evaluation; counts sum the stitched map over the cells that cover the real
+image only (``counting_jax.density.count_in_image``, via
+``predict.predict_counts``), as untiled counts do, so a tiled and an
+untiled count differ only by seams;
 (2) tiles are never padded: a side shorter than ``tile`` gets one window of
 its own length; (3) at the image border a tile sees the same zero padding
 of its convolutions as the whole image does, so only inner tile edges

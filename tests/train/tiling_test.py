@@ -117,9 +117,9 @@ def test_predict_densities_tiles_only_large_images(conv_model):
   fn, stride = conv_model
   calls = []
 
-  def spy(x):
-    calls.append(x.shape)
-    return fn(x)
+  def spy(inputs):
+    calls.append(inputs["image"].shape)
+    return fn(inputs["image"])
 
   images = np.asarray(jax.random.normal(jax.random.key(2), (2, 64, 96, 3)))
   whole = predict_lib.predict_densities(spy, images, stride=stride,
