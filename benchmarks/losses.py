@@ -42,7 +42,7 @@ with figures from an idle machine before reading much into a ratio.
 
 Peak memory (``--memory``): each side of each density-loss cell runs in a
 fresh subprocess that makes the inputs and calls the loss twice (JAX: the
-compilation and two calls); its peak RSS (``getrusage``) is printed next to
+compilation and two calls); its peak RSS (``VmHWM``, Linux) is printed next to
 that of the same subprocess without the calls (imports and inputs only).
 The case "256x256/s2, 4000 pts" (not in the default set; ``--cases 4000``)
 runs the JAX side only: a dense 256² x 4,000 float32 matrix is 1 GiB, and
@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -484,7 +483,13 @@ def peak_rss_child(name, case, batch, side_name, baseline):
     call = jax_call if side_name == "jax" else torch_call
     call()  # JAX: compilation and first call
     call()
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  # VmHWM, the peak resident set of this process image (getrusage's
+  # ru_maxrss would keep the parent's peak across fork and exec on Linux).
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024
+  raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_rss(name, case, batch, side_name):

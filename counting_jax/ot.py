@@ -16,6 +16,10 @@ convention of GeomLoss's KL-regularised unbalanced OT
 
 * :func:`epsilon_scaling_potentials`: GeomLoss's annealed loop (what GL's
   official code runs; it is *not* converged, ``crowd_losses.md`` §1.5);
+  :func:`epsilon_scaling_potentials_online` runs the same loop with the
+  costs computed on the fly, block by block of pixels, never storing the
+  n x m matrix (:func:`softmins_online`, :func:`map_pixel_blocks`; memory
+  O(n + m + block · m));
 * :func:`kl_problem` + :func:`solve`: ott-jax's Sinkhorn on the shifted cost
   C_ij - ε log a_i - ε log b_j with τ = ρ / (ρ + ε), whose ``f, g`` equal F, G
   at convergence (``crowd_losses.md`` §1.7, §9).
@@ -60,8 +64,15 @@ MAX_LOG_KERNEL = 30.0
 
 def _distance(x, y):
   """Euclidean distance over the last axis, as a sum of its (static)
-  components: on CPU, XLA hands a reduction over an axis of 2 to YNNPACK,
-  which made GL's 4096 x 1000 cost matrix 24 ms instead of 2.4 ms."""
+  components rather than a reduction over that axis.
+
+  What it buys (XLA:CPU, jaxlib 0.10.2, 2 cores, measured 2026-12-02): XLA
+  hands a reduction over an axis of 2 to YNNPACK, which made a 1024 x 1000
+  block of GL's perspective costs 2.2 ms instead of 0.41 ms and GL's value
+  and gradient 2.9 s instead of 0.90 s at 256 x 256 with 1,000 points
+  (220 ms instead of 53-58 ms at 64 x 64). It is the same arithmetic (the
+  sum of two squares) on every backend, so no backend check is needed.
+  """
   return jnp.sqrt(sum(jnp.square(x[..., k] - y[..., k])
                       for k in range(x.shape[-1])))
 
