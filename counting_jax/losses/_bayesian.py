@@ -218,11 +218,11 @@ def _separable_terms(points, point_mask, shape, *, stride, sigma,
 def _expected_separable(a, terms):
   """Expected counts [B, N] and background E_0 [B] from
   :func:`_separable_terms`: E_j = Σ_r U_jr Σ_c V_jc (a e^k / z)_rc, two
-  matrix products per image."""
+  matrix products per image; E_0 summed per map row, then over the rows."""
   weight = a * terms["scale"]
   inner = jnp.einsum("bjc,brc->bjr", terms["v"], weight, precision=_HI)
   return ((terms["u"] * inner).sum(axis=2),
-          (a * terms["e_bg_scale"]).sum(axis=(1, 2)))
+          (a * terms["e_bg_scale"]).sum(axis=2).sum(axis=1))
 
 
 def _expected_dense(a, e, e_bg, z):

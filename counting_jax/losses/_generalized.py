@@ -179,8 +179,8 @@ def generalized_loss(density, points, point_mask, *, stride: int,
   Empty images: emd = point = pixel = |Σ a| and entropy = 0 (official), so
   the image contributes (1 + 2τ)|Σ a|.
   Gradient: autodiff through the detached plan (F, G constant, each block
-  recomputed in the backward pass), as the official code; the solver is never differentiated, so ott's unbalanced
-  gradient issue does not arise. ∂emd/∂a_i = (ρ + ε/2)(1 − e^{−F_i/ρ}).
+  recomputed in the backward pass), as the official code; the solver is
+  never differentiated, so ott's unbalanced gradient issue does not arise. ∂emd/∂a_i = (ρ + ε/2)(1 − e^{−F_i/ρ}).
   Because F and G depend on a but are held constant, this gradient is *not*
   the derivative of the loss value (finite differences of the value differ);
   it is the official training signal.
