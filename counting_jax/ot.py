@@ -377,6 +377,12 @@ def softmins_online(x, y, cost_fn: costs.CostFn, h_points, h_pixels,
   block's costs evaluated once. The reduction over pixels is a running
   log-sum-exp (max and rescaled sum carried across blocks).
 
+  Why not ott's online ``PointCloud(batch_size=...)``: its
+  ``apply_lse_kernel`` evaluates each direction in a separate pass (twice
+  the cost evaluations per ε step), and in ott-jax 0.6.0 under jax 0.10.2
+  it fails (it calls ``jax.interpreters.batching.is_vmappable``, which jax
+  removed).
+
   Args:
     x: float32 [n, d]; y: float32 [m, d].
     cost_fn: ott ``CostFn``.
