@@ -40,17 +40,29 @@ shared machine PyTorch's two OpenMP threads suffer much more from foreign
 load than XLA's thread pool (small torch calls slow down 10-100x): compare
 with figures from an idle machine before reading much into a ratio.
 
+Peak memory (``--memory``): each side of each density-loss cell runs in a
+fresh subprocess that makes the inputs and calls the loss twice (JAX: the
+compilation and two calls); its peak RSS (``VmHWM``, Linux) is printed next to
+that of the same subprocess without the calls (imports and inputs only).
+The case "256x256/s2, 4000 pts" (not in the default set; ``--cases 4000``)
+runs the JAX side only: a dense 256² x 4,000 float32 matrix is 1 GiB, and
+the PyTorch formulas need several of them.
+
 Usage::
 
   .venv/bin/python benchmarks/losses.py [--quick] [--losses bayesian,gl]
-      [--batch 1] [--repeats 7] [--budget 8]
+      [--cases 256x256,100] [--memory] [--batch 1] [--repeats 7]
+      [--budget 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -61,6 +73,7 @@ from scipy import optimize
 import torch
 import torch.nn.functional as F
 
+import counting_jax
 from counting_jax.losses import LOSSES
 from counting_jax.losses import p2pnet_loss
 from counting_jax.losses._dm_count import sinkhorn_knopp  # iteration count
@@ -72,8 +85,14 @@ CASES = {  # name: (map side, points, stride)
     "64x64/s8, 1000 pts": (64, 1000, 8),
     "64x64/s8, 4000 pts": (64, 4000, 8),
     "256x256/s2, 1000 pts": (256, 1000, 2),
+    "256x256/s2, 4000 pts": (256, 4000, 2),
 }
+DEFAULT_CASES = tuple(CASES)[:4]
 QUICK_CASES = ("64x64/s8, 100 pts", "64x64/s8, 1000 pts")
+# Cells whose PyTorch side is not run: a dense 256² x 4,000 matrix is 1 GiB
+# per temporary (GL's official code would need several and minutes per
+# call); the JAX side is timed and its peak RSS measured alone.
+JAX_ONLY_CASES = ("256x256/s2, 4000 pts",)
 P2PNET = "p2pnet"
 # Seconds per call of the *official* PyTorch code on an idle 2-core CPU,
 # batch 1, real ShanghaiTech points (../shared/reference/official_values/
@@ -409,16 +428,13 @@ def _agreement(jax_out, torch_out):
                 max(np.abs(g_torch).max(), 1e-30)))
 
 
-def bench_density_loss(name, density, points, mask, stride, repeats, budget):
-  """((timings), compile s, (loss, gradient) agreement) for one density loss."""
+def _density_calls(name, density, points, mask, stride):
+  """(jitted JAX value-and-grad call, PyTorch call) of one density loss;
+  each returns (value, gradient)."""
   kw = dict(KWARGS.get(name, {}), stride=stride)
   loss = LOSSES[name]
   vg = jax.jit(jax.value_and_grad(lambda d, p, m: loss(d, p, m, **kw)[0]))
   d, p, m = jnp.asarray(density), jnp.asarray(points), jnp.asarray(mask)
-  t0 = time.perf_counter()
-  jax.block_until_ready(vg(d, p, m))
-  compile_s = time.perf_counter() - t0
-  jax_out = jax.block_until_ready(vg(d, p, m))  # warm-up
   torch_fn = TORCH[name]
   pts_t = torch.from_numpy(points)
 
@@ -428,10 +444,71 @@ def bench_density_loss(name, density, points, mask, stride, repeats, budget):
     value.backward()
     return float(value.detach()), dt.grad.numpy()
 
+  return lambda: jax.block_until_ready(vg(d, p, m)), torch_call
+
+
+def bench_density_loss(name, density, points, mask, stride, repeats, budget,
+                       jax_only=False):
+  """((timings), compile s, (loss, gradient) agreement) for one density loss.
+
+  ``jax_only``: the PyTorch side is not run (its timings and the
+  agreement are None).
+  """
+  jax_call, torch_call = _density_calls(name, density, points, mask, stride)
+  t0 = time.perf_counter()
+  jax_call()
+  compile_s = time.perf_counter() - t0
+  jax_out = jax_call()  # warm-up
+  if jax_only:
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats and (time.perf_counter() - start < budget or
+                                    len(times) < min(3, repeats)):
+      t0 = time.perf_counter()
+      jax_call()
+      times.append(time.perf_counter() - t0)
+    return ((statistics.median(times), min(times), None, None, len(times)),
+            compile_s, None)
   torch_out = torch_call()  # warm-up
-  times = _timed_pair(lambda: jax.block_until_ready(vg(d, p, m)), torch_call,
-                      repeats, budget)
+  times = _timed_pair(jax_call, torch_call, repeats, budget)
   return times, compile_s, _agreement(jax_out, torch_out)
+
+
+def peak_rss_child(name, case, batch, side_name, baseline):
+  """Body of the ``--rss-child`` subprocess: peak RSS (MB) of one side."""
+  side, num_points, stride = CASES[case]
+  inputs = make_inputs(side, num_points, stride, batch)
+  if not baseline:
+    jax_call, torch_call = _density_calls(name, *inputs, stride)
+    call = jax_call if side_name == "jax" else torch_call
+    call()  # JAX: compilation and first call
+    call()
+  # VmHWM, the peak resident set of this process image (getrusage's
+  # ru_maxrss would keep the parent's peak across fork and exec on Linux).
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024
+  raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def peak_rss(name, case, batch, side_name):
+  """(peak RSS MB of a fresh process that makes the inputs and calls the
+  loss twice, the same process's peak without the calls) for one side."""
+  # The child imports the same counting_jax as this process (a checkout
+  # may shadow an installed copy).
+  root = os.path.dirname(os.path.dirname(os.path.abspath(
+      counting_jax.__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+  out = []
+  for baseline in (False, True):
+    cmd = [sys.executable, __file__, "--rss-child", name, case,
+           str(batch), side_name] + (["--baseline"] if baseline else [])
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         env=env)
+    out.append(float(res.stdout.strip().splitlines()[-1]))
+  return out[0], out[1]
 
 
 def bench_p2pnet(side, num_points, batch, repeats, budget):
@@ -500,8 +577,24 @@ def main(argv=None):
   parser.add_argument("--budget", type=float, default=None,
                       help="seconds of timed calls per cell before stopping "
                       "early (at least 3 calls)")
+  parser.add_argument("--cases", default=None,
+                      help="comma-separated substrings: run the cases whose "
+                      "name contains one (e.g. '256x256' or '100 pts,4000'); "
+                      f"default the first four; all: {list(CASES)}")
+  parser.add_argument("--memory", action="store_true",
+                      help="also the peak RSS of each density-loss cell, "
+                      "each side in a fresh subprocess")
+  parser.add_argument("--rss-child", nargs=4, default=None,
+                      metavar=("LOSS", "CASE", "BATCH", "SIDE"),
+                      help=argparse.SUPPRESS)
+  parser.add_argument("--baseline", action="store_true",
+                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   torch.set_num_threads(2)
+  if args.rss_child:
+    name, case, batch, side_name = args.rss_child
+    print(peak_rss_child(name, case, int(batch), side_name, args.baseline))
+    return
   names = sorted(LOSSES) + [P2PNET] if args.losses is None else [
       s.strip() for s in args.losses.split(",") if s.strip()]
   unknown = [n for n in names if n not in LOSSES and n != P2PNET]
@@ -511,7 +604,12 @@ def main(argv=None):
   missing = [n for n in names if n != P2PNET and n not in TORCH]
   if missing:
     parser.error(f"no PyTorch reference written for {missing}")
-  cases = QUICK_CASES if args.quick else tuple(CASES)
+  cases = QUICK_CASES if args.quick else DEFAULT_CASES
+  if args.cases:
+    wanted = [s.strip() for s in args.cases.split(",") if s.strip()]
+    cases = tuple(c for c in CASES if any(s in c for s in wanted))
+    if not cases:
+      parser.error(f"no case matches {wanted}; cases: {list(CASES)}")
   repeats = args.repeats or (3 if args.quick else 7)
   budget = args.budget or (3.0 if args.quick else 8.0)
 
@@ -531,20 +629,47 @@ def main(argv=None):
         label = f"{case} ({4 * side * side} proposals)"
       else:
         inputs = make_inputs(side, num_points, stride, args.batch)
-        res = bench_density_loss(name, *inputs, stride, repeats, budget)
+        res = bench_density_loss(name, *inputs, stride, repeats, budget,
+                                 jax_only=case in JAX_ONLY_CASES)
         label = case
       (jax_s, jax_min, torch_s, torch_min, calls), compile_s, agree = res
-      official = OFFICIAL_IDLE_S.get(name, (None,) * 4)[list(CASES).index(
-          case)] if args.batch == 1 else None
+      idle = OFFICIAL_IDLE_S.get(name, ()) if args.batch == 1 else ()
+      index = list(CASES).index(case)
+      official = idle[index] if index < len(idle) else None
       anchor = ("n/a" if official is None else
                 f"{_ms(official)} ({official / jax_s:.1f})")
-      print(f"| {name} | {label} | {_ms(jax_s)} | {_ms(torch_s)} "
-            f"| {torch_s / jax_s:.1f} | {torch_min / jax_min:.1f} | {calls} "
-            f"| {compile_s:.1f} | {agree[0]:.0e}, {agree[1]:.0e} "
-            f"| {anchor} |", flush=True)
-  if {"dm_count", "gl"} & set(names):
+      if torch_s is None:
+        torch_cols = "not run | | "
+        agree_col = "n/a"
+      else:
+        torch_cols = (f"{_ms(torch_s)} | {torch_s / jax_s:.1f} "
+                      f"| {torch_min / jax_min:.1f} ")
+        agree_col = f"{agree[0]:.0e}, {agree[1]:.0e}"
+      print(f"| {name} | {label} | {_ms(jax_s)} | {torch_cols}| {calls} "
+            f"| {compile_s:.1f} | {agree_col} | {anchor} |", flush=True)
+  if args.memory:
+    print("\nPeak RSS (MB) of a fresh process per side: inputs, compilation "
+          "(JAX) and two calls; in brackets the same process without the "
+          "calls, -> the difference.\n")
+    print("| loss | case | jax peak (baseline) -> delta "
+          "| torch peak (baseline) -> delta |")
+    print("|---|---|---:|---:|")
+    for name in names:
+      if name == P2PNET:
+        continue
+      for case in cases:
+        cols = []
+        for side_name in ("jax", "torch"):
+          if side_name == "torch" and case in JAX_ONLY_CASES:
+            cols.append("not run")
+            continue
+          peak, base = peak_rss(name, case, args.batch, side_name)
+          cols.append(f"{peak:.0f} ({base:.0f}) -> +{peak - base:.0f}")
+        print(f"| {name} | {case} | {cols[0]} | {cols[1]} |", flush=True)
+  noted = [c for c in cases if c not in JAX_ONLY_CASES]
+  if {"dm_count", "gl"} & set(names) and noted:
     print()
-    for note in iteration_notes(cases):
+    for note in iteration_notes(noted):
       print(f"- {note}")
 
 

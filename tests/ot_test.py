@@ -137,6 +137,64 @@ def test_epsilon_scaling_reproduces_official_gl_potentials(gl_official):
     np.testing.assert_array_equal(cols[i, m:], 0.0)  # padded points
 
 
+def test_online_potentials_reproduce_official_gl(gl_official):
+  """Costs on the fly, blocks of 500 pixels (the last one padded): the
+  official potentials as with the stored cost matrix."""
+  z, names, dens, pts, mask = gl_official
+  pix = ot.pixel_centers(64, 64, stride=8, offset=8, scale=512.0)
+  cost_fn = ot.cost_fn("perspective")
+
+  @jax.jit
+  @jax.vmap
+  def run(a, p, m):
+    y = p / 512.0
+    b = m.astype(jnp.float32)
+    diam = ot.diameter(pix, y, m)
+    online = ot.epsilon_scaling_potentials_online(
+        pix, y, cost_fn, a, b, blur=EPS, reach=RHO, scaling=0.5, diam=diam,
+        block=500)
+    dense = ot.epsilon_scaling_potentials(
+        ot.cost_matrix(pix, y, cost_fn), a, b, blur=EPS, reach=RHO,
+        scaling=0.5, diam=diam)
+    return online, dense
+
+  (f, g), (f_dense, g_dense) = run(dens, pts, mask)
+  for i, c in enumerate(names):
+    m = mask[i].sum()
+    np.testing.assert_allclose(f[i], z[f"{c}/F"].ravel(), atol=2e-6)
+    np.testing.assert_allclose(g[i, :m], z[f"{c}/G"], atol=2e-6)
+  np.testing.assert_allclose(f, f_dense, atol=1e-6)
+  np.testing.assert_allclose(g, g_dense, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [7, 16, 36])
+def test_softmins_online_equal_dense(block):
+  """Both softmins in one blocked pass = the dense ones, for a block that
+  divides the 36 pixels, one that does not, and a single block."""
+  x, y, a, _ = _small_problem(seed=3, m=5)
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  cost_fn = ot.cost_fn("perspective")
+  cost = ot.cost_matrix(x, y, cost_fn)
+  rng = np.random.default_rng(4)
+  h_points = jnp.asarray(rng.normal(0, 3, 5), jnp.float32)
+  h_pixels = jnp.asarray(np.where(a > 0.5, np.log(a), ot.ZERO_LOG_WEIGHT),
+                         jnp.float32)
+  for eps in (0.01, 1.0):
+    rows, cols = ot.softmins_online(x, y, cost_fn, h_points, h_pixels, eps,
+                                    block=block)
+    np.testing.assert_allclose(rows, ot.softmin(cost, h_points, eps, 1),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cols, ot.softmin(cost, h_pixels, eps, 0),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_pixel_block():
+  assert ot.pixel_block(4096, 100) == 4096  # one block up to 2^20 pairs
+  assert ot.pixel_block(65536, 1000) == 1024  # 2^20 // 1000 -> 2^10
+  assert ot.pixel_block(65536, 4000) == 256
+  assert ot.pixel_block(65536, 10**7) == 8
+
+
 def test_kl_problem_solves_geomloss_uot_to_convergence():
   x, y, a, b = _small_problem()
   cost = _np_perspective(x, y)

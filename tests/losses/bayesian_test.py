@@ -13,7 +13,8 @@ from scipy import spatial
 from scipy.special import softmax
 
 from counting_jax.losses import LOSSES, bayesian_loss
-from counting_jax.losses._bayesian import (bayesian_posterior,
+from counting_jax.losses._bayesian import (_separable_terms,
+                                           bayesian_posterior,
                                            box_fraction_targets)
 
 H = W = 64
@@ -46,35 +47,59 @@ def official(shared_dir):
   return z, meta, cases
 
 
+def _separable_ok(pts, mask, shape, **kw):
+  """Whether the separable form holds (else bayesian_loss goes dense)."""
+  kw = dict(dict(stride=STRIDE, sigma=8.0, use_background=True,
+                 background="reciprocal", background_ratio=None,
+                 image_size=None, center_offset=None, distance="expanded"),
+            **kw)
+  return bool(_separable_terms(pts, mask, shape, **kw)["ok"])
+
+
 @pytest.fixture(scope="module")
 def official_run(official):
-  """One jitted batched call per background setting over all 9 cases."""
+  """One jitted batched call per background setting and method over all 9
+  cases."""
   z, meta, cases = official
   pts, mask, targets = _pad(cases, "points", "targets")
   dens = jnp.asarray(np.stack([c["density"] for c in cases]))
   st = np.array([c["st_size"] for c in cases], np.float32)
   out = {}
   for bg in (True, False):
-    # Points, targets and sizes are jit arguments, as in training (XLA may
-    # then fuse the expanded distances into FMAs, which must not happen);
-    # the defaults are the official conventions.
-    fn = jax.jit(jax.value_and_grad(
-        lambda d, p, m, t, s, bg=bg: bayesian_loss(
-            d, p, m, stride=STRIDE, sigma=8.0, use_background=bg,
-            image_size=s, targets=t),
-        has_aux=True))
-    (loss, aux), grad = fn(dens, pts, mask, targets, st)
     post = bayesian_posterior(pts, mask, (H, W), stride=STRIDE,
                               use_background=bg, image_size=st,
                               distance="expanded")
-    out["bg" if bg else "nobg"] = (loss, aux, np.asarray(grad), post)
+    for method in ("separable", "dense"):
+      # Points, targets and sizes are jit arguments, as in training (XLA
+      # may then fuse the expanded distances into FMAs, which must not
+      # happen); the defaults are the official conventions.
+      fn = jax.jit(jax.value_and_grad(
+          lambda d, p, m, t, s, bg=bg, method=method: bayesian_loss(
+              d, p, m, stride=STRIDE, sigma=8.0, use_background=bg,
+              image_size=s, targets=t, method=method),
+          has_aux=True))
+      (loss, aux), grad = fn(dens, pts, mask, targets, st)
+      out["bg" if bg else "nobg", method] = (loss, aux, np.asarray(grad),
+                                             post)
   return out
 
 
-@pytest.mark.parametrize("bg", ["bg", "nobg"])
-def test_official_values(official, official_run, bg):
+def test_official_cases_take_the_separable_form(official):
+  """With background (the official default) every official case is
+  computed in separable form; without, the sparse ones fall back."""
   z, meta, cases = official
-  loss, aux, grad, post = official_run[bg]
+  pts, mask, _ = _pad(cases, "points")
+  st = np.array([c["st_size"] for c in cases], np.float32)
+  assert _separable_ok(pts, mask, (H, W), image_size=st)
+  assert not _separable_ok(pts, mask, (H, W), image_size=st,
+                           use_background=False)
+
+
+@pytest.mark.parametrize("method", ["separable", "dense"])
+@pytest.mark.parametrize("bg", ["bg", "nobg"])
+def test_official_values(official, official_run, bg, method):
+  z, meta, cases = official
+  loss, aux, grad, post = official_run[bg, method]
   n_cases = len(cases)
   for b, name in enumerate(meta["cases"]):
     ref = z[f"{name}/{bg}/loss"]
@@ -253,6 +278,38 @@ def test_dummy_point_background_gl_supplement_eq11():
                              * pi_bar, rtol=2e-4)
 
 
+@pytest.mark.parametrize("use_bg,form", [(True, "reciprocal"),
+                                         (True, "dummy_point"),
+                                         (False, "reciprocal")])
+def test_separable_equals_dense(use_bg, form):
+  """The separable form against the dense posterior, value and gradient,
+  on a 32 x 40 map: 60 uniform points, two clusters at opposite corners
+  (pixels up to 35σ from every point), one point, none."""
+  rng = np.random.default_rng(7)
+  bsz, n, h, w, stride = 4, 60, 32, 40, 4
+  pts = rng.uniform(0, [w * stride, h * stride], (bsz, n, 2))
+  pts[1, :7] = rng.normal(0, 4, (7, 2)) + np.where(
+      np.arange(7)[:, None] < 4, [12.0, 10.0], [150.0, 118.0])
+  pts = pts.astype(np.float32)
+  mask = np.arange(n)[None] < np.array([[n], [7], [1], [0]])
+  dens = rng.gamma(0.6, 0.3, (bsz, h, w)).astype(np.float32)
+  targets = rng.uniform(0.3, 1.0, (bsz, n)).astype(np.float32)
+  kw = dict(stride=stride, sigma=4.0, use_background=use_bg, background=form,
+            image_size=np.array([160.0, 200.0, 120.0, 160.0], np.float32))
+  out = {}
+  for method in ("separable", "dense"):
+    out[method] = jax.jit(jax.value_and_grad(
+        lambda d, m=method: bayesian_loss(d, pts, mask, targets=targets,
+                                          method=m, **kw)[0]))(dens)
+  np.testing.assert_allclose(out["separable"][0], out["dense"][0], rtol=1e-6)
+  g_sep, g_dense = np.asarray(out["separable"][1]), np.asarray(out["dense"][1])
+  assert np.abs(g_sep - g_dense).max() <= 1e-6 * np.abs(g_dense).max()
+  ok = _separable_ok(pts, mask, (h, w), **dict(kw, background=form))
+  # With background the separable form runs; without, the two clusters
+  # leave pixels 11σ from every point: the dense form runs.
+  assert ok == use_bg
+
+
 def test_empty_and_edge_cases():
   fn = jax.jit(jax.value_and_grad(
       lambda d, p, m: bayesian_loss(d, p, m, stride=8), has_aux=True))
@@ -291,3 +348,6 @@ def test_registered_and_bad_input():
   with pytest.raises(ValueError, match="distance"):
     bayesian_loss(jnp.ones((1, 4, 4)), jnp.ones((1, 2, 2)),
                   jnp.ones((1, 2), bool), stride=8, distance="l1")
+  with pytest.raises(ValueError, match="method"):
+    bayesian_loss(jnp.ones((1, 4, 4)), jnp.ones((1, 2, 2)),
+                  jnp.ones((1, 2), bool), stride=8, method="fast")
