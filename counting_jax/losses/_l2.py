@@ -62,9 +62,6 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
                        f"got {sigma!r}")
     sigma = jax.vmap(lambda p, m: density_lib.adaptive_sigma(
         p, m, k=knn, beta=beta))(points, point_mask)
-  if not isinstance(sigma, (int, float)):  # a number takes the windowed path
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32),
-                             point_mask.shape)
   target = density_lib.gaussian_density(points, point_mask, (h, w), sigma,
                                         stride=stride, kernel=kernel)
   sq = jnp.square(scale * (density.astype(jnp.float32) - target))
