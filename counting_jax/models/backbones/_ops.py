@@ -162,7 +162,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
           [tuple(p) for p in padding] == [(1, 1), (1, 1)] and
           lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
           and feature_group_count == 1 and precision is None and
-          dimension_numbers == nhwc)
+          dimension_numbers is not None and lax.conv_dimension_numbers(
+              lhs.shape, rhs.shape, dimension_numbers) == nhwc)
   if fast:
     return _conv3x3(lhs, rhs)
   return lax.conv_general_dilated(
