@@ -31,7 +31,7 @@ def _child(args):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from counting_jax import losses, models  # pylint: disable=g-import-not-at-top
+  from counting_jax import losses, methods, models  # pylint: disable=g-import-not-at-top
   from counting_jax.train import optim, sharding, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   devices = jax.devices(args.platform)
   mesh = sharding.make_mesh(devices)
@@ -52,7 +52,8 @@ def _child(args):
   state = jax.device_put(state, repl)
   batch = {k: jax.device_put(v, dsh) for k, v in batch.items()}
   step = jax.jit(step_lib.make_train_step(
-      model.apply, loss_fn, tx, stride=model.stride, accum_steps=args.accum),
+      methods.density.from_model(model, loss_fn), tx,
+      accum_steps=args.accum),
                  in_shardings=(repl, dsh), out_shardings=(repl, repl),
                  donate_argnums=0)
   t = time.perf_counter()

@@ -14,6 +14,7 @@ from images 001-100, test on 101-200. Arguments
 import ml_collections
 
 from configs import common
+from counting_jax.train import defaults
 
 
 def get_config(arg=None):
@@ -75,4 +76,4 @@ def get_config(arg=None):
     c.log_every = 2
     c.checkpoint_every = 3
     c.num_panels = 1
-  return c
+  return defaults.complete(c)  # every trainer field, overridable

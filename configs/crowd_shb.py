@@ -23,6 +23,7 @@ converted with ``counting-jax convert`` (``init_checkpoint``).
 import ml_collections
 
 from configs import common
+from counting_jax.train import defaults
 
 _RECIPES = {
     # loss: (model, batch size, loss kwargs)
@@ -48,7 +49,8 @@ def get_config(arg=None):
   c.input = ml_collections.ConfigDict(dict(
       batch_size=batch, crop_size=(512, 512), flip=True, vflip=False,
       scale_range=None, max_points=1024, pad_multiple=32, eval_batch_size=1,
-      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+      cache=False, num_workers=2))  # decode in 2 worker processes
   c.model = ml_collections.ConfigDict(dict(name=model, kwargs={}))
   c.init_checkpoint = ""
   c.density_scale = 1.0
@@ -75,9 +77,10 @@ def get_config(arg=None):
     c.dataset.test_split = "test[:2]"
     c.input.batch_size = 2
     c.input.crop_size = (64, 64)
+    c.input.num_workers = 0
     c.optim.lr = 1e-3
     c.total_steps = 2
     c.log_every = 1
     c.checkpoint_every = 2
     c.num_panels = 1
-  return c
+  return defaults.complete(c)  # every trainer field, overridable

@@ -3,7 +3,7 @@
   counting-jax train   --config configs/cells.py --workdir runs/cells
   counting-jax eval    --config configs/cells.py --workdir runs/cells
   counting-jax predict --config configs/cells.py --workdir runs/cells \
-                       --images DIR --out DIR
+                       --images DIR --out DIR [--text T] [--exemplars B.json]
   counting-jax convert --checkpoint W.pth --model NAME --out DIR
 
 Config fields are overridden on the command line (``--config.total_steps=50``)
@@ -24,6 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder.")
 _IMAGES = flags.DEFINE_string("images", None, "predict: folder of images.")
 _OUT = flags.DEFINE_string("out", None, "predict: output folder.")
+_TEXT = flags.DEFINE_string(
+    "text", None, "eval/predict: text prompt naming what to count "
+    "(text-guided methods; replaces the test images' class names in eval).")
+_EXEMPLARS = flags.DEFINE_string(
+    "exemplars", None, "eval/predict: JSON file {\"<image name>\": [[x1, y1, "
+    "x2, y2], ...]} of exemplar boxes in input pixels (exemplar methods).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "Multi-process: host:port of process 0 (or "
     "$JAX_COORDINATOR_ADDRESS; auto-detected under Slurm/Open MPI/TPU).")
@@ -43,15 +49,17 @@ def _main(command, argv):
                                   _PROCESS_ID.value)
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
+  user_inputs = dict(text=_TEXT.value, exemplars=(
+      predict.read_exemplars(_EXEMPLARS.value) if _EXEMPLARS.value else None))
   if command == "train":
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif command == "eval":
-    loop.evaluate(_CONFIG.value, _WORKDIR.value)
+    loop.evaluate(_CONFIG.value, _WORKDIR.value, **user_inputs)
   elif command == "predict":
     if not _IMAGES.value or not _OUT.value:
       raise app.UsageError("predict needs --images and --out")
     predict.predict_folder(_CONFIG.value, _WORKDIR.value, _IMAGES.value,
-                           _OUT.value)
+                           _OUT.value, **user_inputs)
 
 
 def _config_root_on_path(argv):

@@ -36,6 +36,14 @@ def _pixels(points, h: int, w: int):
   return np.minimum(pix, np.array([w - 1, h - 1]))
 
 
+def _masks(sample, fn):
+  """``{"masks": fn(masks)}`` when the sample holds method masks (float32
+  [H, W, C], moved exactly like the image), else ``{}``."""
+  if "masks" not in sample:
+    return {}
+  return {"masks": np.ascontiguousarray(fn(sample["masks"]))}
+
+
 def crop(sample, top: int, left: int, height: int, width: int):
   """Crops pixels [top, top+height) x [left, left+width).
 
@@ -61,7 +69,8 @@ def crop(sample, top: int, left: int, height: int, width: int):
                                      np.float32))
   boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
   return _with(sample, image=np.ascontiguousarray(image), points=pts[keep],
-               boxes=boxes)
+               boxes=boxes, **_masks(sample, lambda m: m[
+                   top:top + height, left:left + width]))
 
 
 def random_crop(sample, size, rng: np.random.Generator):
@@ -84,7 +93,7 @@ def hflip(sample):
   b = sample["boxes"].copy()
   b[:, [0, 2]] = w - sample["boxes"][:, [2, 0]]
   return _with(sample, image=np.ascontiguousarray(sample["image"][:, ::-1]),
-               points=pts, boxes=b)
+               points=pts, boxes=b, **_masks(sample, lambda m: m[:, ::-1]))
 
 
 def vflip(sample):
@@ -95,7 +104,7 @@ def vflip(sample):
   b = sample["boxes"].copy()
   b[:, [1, 3]] = h - sample["boxes"][:, [3, 1]]
   return _with(sample, image=np.ascontiguousarray(sample["image"][::-1]),
-               points=pts, boxes=b)
+               points=pts, boxes=b, **_masks(sample, lambda m: m[::-1]))
 
 
 def random_flip(sample, rng: np.random.Generator, *, horizontal: bool = True,
@@ -112,6 +121,8 @@ def resize(sample, height: int, width: int):
   """Bilinear resize to (height, width); points and boxes scaled by the exact
   per-axis factors (W'/W, H'/H), so point counts never change (computed in
   float64, so x = W maps to x = W' exactly and border points stay inside).
+  Method masks are resized per channel with nearest-neighbour sampling
+  (binary masks stay binary).
   """
   h, w = sample["image"].shape[:2]
   if height <= 0 or width <= 0:
@@ -123,7 +134,15 @@ def resize(sample, height: int, width: int):
   pts = np.clip(sample["points"] * new / old, 0.0, new).astype(np.float32)
   boxes = (sample["boxes"] * np.tile(new, 2) / np.tile(old, 2)).astype(
       np.float32)
-  return _with(sample, image=image, points=pts, boxes=boxes)
+  return _with(sample, image=image, points=pts, boxes=boxes,
+               **_masks(sample, lambda m: _resize_masks(m, height, width)))
+
+
+def _resize_masks(masks, height, width):
+  return np.stack([np.asarray(Image.fromarray(
+      np.ascontiguousarray(masks[..., c], np.float32)).resize(
+          (width, height), Image.NEAREST)) for c in range(masks.shape[-1])],
+                  axis=-1)
 
 
 def random_rescale(sample, scale_range, rng: np.random.Generator):
@@ -155,7 +174,13 @@ def pad_to_size(sample, height: int, width: int):
     if new > old:
       edge = pts[:, axis] == old
       pts[edge, axis] = np.nextafter(np.float32(old), np.float32(0))
-  return _with(sample, image=image, points=pts)
+
+  def pad(m):
+    out = np.zeros((height, width, m.shape[-1]), m.dtype)
+    out[:h, :w] = m
+    return out
+
+  return _with(sample, image=image, points=pts, **_masks(sample, pad))
 
 
 def pad_to_multiple(sample, multiple: int):

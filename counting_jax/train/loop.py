@@ -1,20 +1,23 @@
-"""train_and_evaluate / evaluate / predict: the only readers of a config.
+"""train_and_evaluate / evaluate / predict: the one loop, for every method.
+
+The loop knows nothing of a paper: a method (``counting_jax.methods``:
+``config.method.name``) supplies the model, the batch fields the pipeline
+builds, the loss on (model outputs, batch), the density used for counting,
+parameter groups and between-epoch hooks. Optional config fields and their
+defaults: ``counting_jax.train.defaults``.
 
 A run folder (``workdir``) holds ``checkpoints/`` (orbax), ``metrics.jsonl``
 and ``tb/`` (scalars), ``train_ids.json`` (the images trained on),
-``metrics.json`` (test-split MAE, RMSE, NAE, SRE) and ``panels/``.
+``metrics.json`` (test-split MAE, RMSE, NAE, SRE), ``counts.json`` and
+``panels/``.
 
 Scale-out (see ``sharding``): the step runs under ``jax.jit`` on a mesh of
 every device of every process; each process loads its own slice of each
-global batch. Optional config fields (older configs keep working):
-``compute_dtype`` ("float32" or "bfloat16": the model's compute dtype;
-parameters and loss stay float32), ``accum_steps`` (micro-batches per
-step), ``ema_decay`` (> 0: moving average of the parameters, used for
-evaluation) and ``eval_tiling`` (``max_size``, ``tile_size``, ``overlap``,
-``blend``, ``tile_batch``: images with a side above ``max_size`` are
-evaluated in overlapping tiles). A run killed at any point and restarted
-with the same command continues from its newest checkpoint and ends with
-the same parameters, ``metrics.jsonl`` rows and ``metrics.json``.
+global batch, decoded in ``input.num_workers`` worker processes. A run
+killed at any point and restarted with the same command continues from its
+newest checkpoint and ends with the same parameters, ``metrics.jsonl`` rows
+and ``metrics.json``. Metrics are checked for NaN/inf before every
+checkpoint, so a saved state is never a diverged one.
 """
 
 from __future__ import annotations
@@ -31,22 +34,18 @@ from jax.experimental import multihost_utils
 
 from counting_jax import data as data_lib
 from counting_jax import density as density_lib
-from counting_jax import losses as losses_lib
+from counting_jax import methods as methods_lib
 from counting_jax import metrics as metrics_lib
-from counting_jax import models as models_lib
 from counting_jax.data import pipeline
 from counting_jax.train import checkpoint, optim, panels, pretrained, sharding
-from counting_jax.train import compile_options
+from counting_jax.train import compile_options, defaults
 from counting_jax.train import predict as predict_lib
 from counting_jax.train import state as state_lib
 from counting_jax.train import step as step_lib
 from counting_jax.train import writers
 
 __all__ = ["train_and_evaluate", "evaluate", "predict",
-           "select_train_indices"]
-
-_TILING = dict(max_size=2048, tile_size=1024, overlap=128, blend="linear",
-               tile_batch=4)
+           "select_train_indices", "epochs_done"]
 
 
 def _opt(value):
@@ -70,43 +69,42 @@ def select_train_indices(source, num_train, seed: int) -> tuple[list, list]:
 
 
 def _build(config):
-  kwargs = dict(config.model.kwargs)
-  dtype = config.get("compute_dtype", "float32")
-  if dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got "
-                     f"{dtype!r}")
-  if dtype != "float32":
-    kwargs["dtype"] = jnp.dtype(dtype)
-  try:
-    model = models_lib.get_model(config.model.name, **kwargs)
-  except TypeError as e:
-    raise ValueError(f"model {config.model.name!r} does not take "
-                     f"{sorted(kwargs)} (compute_dtype needs a model with a "
-                     f"'dtype' attribute): {e}") from e
-  loss_fn = losses_lib.get_loss(config.loss.name, **config.loss.kwargs)
-  tx = optim.make_optimizer(total_steps=config.total_steps, **config.optim)
-  return model, loss_fn, tx
-
-
-def _pad_multiple(config):
-  return int(config.input.get("pad_multiple", 8))
+  """(method, optimiser) of a completed config."""
+  method = methods_lib.build(config)
+  optim_kwargs = dict(config.optim)
+  optim_kwargs["groups"] = dict(optim_kwargs.get("groups") or {})
+  tx = optim.make_optimizer(total_steps=config.total_steps,
+                            param_labels=method.param_labels, **optim_kwargs)
+  return method, tx
 
 
 def _compiler_options(config):
   """XLA options of the jitted steps (``config.xla_cpu_ynn_fusion_type``)."""
-  return compile_options.compiler_options(config.get(
-      "xla_cpu_ynn_fusion_type", compile_options.DEFAULT_YNN_FUSION_TYPE))
+  return compile_options.compiler_options(config.xla_cpu_ynn_fusion_type)
 
 
 def _ema_decay(config):
-  decay = float(config.get("ema_decay", 0.0) or 0.0)
+  decay = float(config.ema_decay or 0.0)
   return decay if decay > 0 else None
 
 
-def _tiling(config):
-  out = dict(_TILING)
-  out.update(dict(config.get("eval_tiling", None) or {}))
-  return out
+def epochs_done(steps: int, batch_size: int, epoch_size: int) -> int:
+  """Complete passes over ``epoch_size`` training elements after ``steps``
+  global batches of ``batch_size``."""
+  return steps * batch_size // epoch_size
+
+
+def _check_finite(rows, last_step):
+  """Raises FloatingPointError naming the steps when a metric is not
+  finite."""
+  for i, row in enumerate(rows):
+    bad = {k: v for k, v in row.items() if not np.isfinite(v)}
+    if bad:
+      step = last_step - len(rows) + i + 1
+      raise FloatingPointError(
+          f"non-finite metrics at step {step} (of steps "
+          f"{last_step - len(rows) + 1}..{last_step}; nothing saved after "
+          f"the previous checkpoint): {bad}")
 
 
 def _load(config, split):
@@ -126,17 +124,20 @@ def train_and_evaluate(config, workdir) -> dict:
 
   Raises:
     ValueError: when ``input.batch_size`` does not split over the devices
-      and ``accum_steps`` micro-batches.
-    FloatingPointError: on non-finite metrics, naming the steps.
+      and ``accum_steps`` micro-batches, or for an unknown method, model or
+      loss.
+    FloatingPointError: on non-finite metrics, naming the step (checked at
+      every log and before every checkpoint).
   """
+  config = defaults.complete(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lead = jax.process_index() == 0
   mesh = sharding.make_mesh()
   repl, dsh = sharding.replicated(mesh), sharding.data_sharded(mesh)
-  model, loss_fn, tx = _build(config)
+  method, tx = _build(config)
   inp = config.input
-  accum = int(config.get("accum_steps", 1))
+  accum = int(config.accum_steps)
   ema_decay = _ema_decay(config)
   sharding.check_batch_size(inp.batch_size, mesh, accum_steps=accum)
   n_proc, proc = jax.process_count(), jax.process_index()
@@ -147,23 +148,21 @@ def train_and_evaluate(config, workdir) -> dict:
       source, _opt(config.dataset.get("num_train")), config.dataset.draw_seed)
   if lead:
     (workdir / "train_ids.json").write_text(json.dumps(ids))
+  stream = sharding.repeat_to_batch(indices, inp.batch_size)
   ds = pipeline.train_dataset(
-      source, indices=sharding.repeat_to_batch(indices, inp.batch_size),
-      batch_size=local_bs,
+      source, indices=stream, batch_size=local_bs,
       max_points=inp.max_points, seed=config.seed,
       crop_size=_opt(inp.get("crop_size")), flip=inp.flip, vflip=inp.vflip,
       scale_range=_opt(inp.get("scale_range")),
-      pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std)
-
-  def global_batch(step):
-    return sharding.shard_batch(
-        ds[sharding.process_batch_index(step, proc, n_proc)], mesh)
+      pad_multiple=inp.pad_multiple, mean=inp.mean, std=inp.std,
+      cache=inp.cache, fields=method.fields)
 
   first = ds[0]
   state = state_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(config.seed),
-      (1, *first["image"].shape[1:]), ema=ema_decay is not None)
-  init_path = _opt(config.get("init_checkpoint"))
+      method.model, tx, jax.random.PRNGKey(config.seed),
+      tuple(np.asarray(first[k][:1]) for k in method.inputs),
+      ema=ema_decay is not None)
+  init_path = _opt(config.init_checkpoint)
   if init_path:
     state, where = pretrained.load_pretrained(state, init_path)
     if ema_decay is not None:
@@ -184,64 +183,78 @@ def train_and_evaluate(config, workdir) -> dict:
     writers.rewind_jsonl(workdir, start)
 
   train_step = jax.jit(
-      step_lib.make_train_step(model.apply, loss_fn, tx, stride=model.stride,
-                               density_scale=config.density_scale,
-                               accum_steps=accum, ema_decay=ema_decay),
+      step_lib.make_train_step(method, tx, accum_steps=accum,
+                               ema_decay=ema_decay),
       in_shardings=(repl, dsh), out_shardings=(repl, repl),
       donate_argnums=0, compiler_options=_compiler_options(config))
+  batches = pipeline.iterate(ds, start, process_index=proc,
+                             process_count=n_proc,
+                             num_workers=int(inp.num_workers))
   writer = writers.MetricWriter(workdir) if lead else None
   bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train",
-                  dynamic_ncols=True,
-                  disable=config.get("quiet", False) or not lead)
+                  dynamic_ncols=True, disable=config.quiet or not lead)
   t0, n_timed = time.time(), 0
-  for step in range(start, config.total_steps):
-    state, metrics = train_step(state, global_batch(step))
-    pending.append(metrics)
-    n_timed += 1
-    done = step + 1
-    if done % config.log_every == 0 or done == config.total_steps:
-      rows = [_host(r) for r in pending]
-      means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-      if not all(np.isfinite(v) for v in means.values()):
-        raise FloatingPointError(
-            f"non-finite metrics in steps {done - len(rows) + 1}..{done}: "
-            f"{means}")
-      means["steps_per_s"] = n_timed / max(time.time() - t0, 1e-9)
-      if writer is not None:
-        writer.write_scalars(done, means, prefix="train/")
-      bar.set_postfix(loss=f"{means['loss']:.4g}", mae=f"{means['mae']:.2f}")
-      bar.update(len(rows))
-      pending, t0, n_timed = [], time.time(), 0
-    if done % config.checkpoint_every == 0 or done == config.total_steps:
-      pending = [_host(r) for r in pending]  # logged after a resume
-      checkpoint.save(manager, state, step=done,
-                      meta={"step": done, "pending": pending})
-  bar.close()
-  manager.close()
-  result = evaluate(config, workdir, state=state, model=model, writer=writer)
+  try:
+    for step in range(start, config.total_steps):
+      state, metrics = train_step(state, sharding.shard_batch(next(batches),
+                                                              mesh))
+      pending.append(metrics)
+      n_timed += 1
+      done = step + 1
+      epoch = epochs_done(done, inp.batch_size, len(stream))
+      if (method.on_epoch_end is not None
+          and epoch > epochs_done(step, inp.batch_size, len(stream))):
+        state = method.on_epoch_end(state, epoch)
+      if done % config.log_every == 0 or done == config.total_steps:
+        rows = [_host(r) for r in pending]
+        _check_finite(rows, done)
+        means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        means["steps_per_s"] = n_timed / max(time.time() - t0, 1e-9)
+        if writer is not None:
+          writer.write_scalars(done, means, prefix="train/")
+        bar.set_postfix(loss=f"{means['loss']:.4g}", mae=f"{means['mae']:.2f}")
+        bar.update(len(rows))
+        pending, t0, n_timed = [], time.time(), 0
+      if done % config.checkpoint_every == 0 or done == config.total_steps:
+        pending = [_host(r) for r in pending]  # logged after a resume
+        _check_finite(pending, done)
+        # Asynchronous: orbax copies the arrays to the host before returning
+        # and writes them in the background, atomically (a kill mid-write
+        # leaves the previous step intact).
+        checkpoint.save(manager, state, step=done, wait=False,
+                        meta={"step": done, "pending": list(pending)})
+  finally:
+    # Saves already started are of checked states: let them finish.
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+  result = evaluate(config, workdir, state=state, method=method,
+                    writer=writer)
   if writer is not None:
     writer.close()
   return result
 
 
 def _restore_for_eval(config, workdir):
-  """(model, state) of the newest checkpoint in ``workdir``, else of the
+  """(method, state) of the newest checkpoint in ``workdir``, else of the
   converted whole-model checkpoint ``config.init_checkpoint``.
 
   Raises:
     FileNotFoundError: when there is neither.
     ValueError: when ``init_checkpoint`` holds only backbone weights.
   """
-  model, _, tx = _build(config)
-  m = _pad_multiple(config)
+  method, tx = _build(config)
+  m = int(config.input.pad_multiple)
+  dummy = method.dummy_batch(m * method.stride, m * method.stride)
   target = state_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(config.seed), (1, m, m, 3),
+      method.model, tx, jax.random.PRNGKey(config.seed),
+      tuple(dummy[k] for k in method.inputs),
       ema=_ema_decay(config) is not None)
   target = sharding.replicate(target, sharding.make_mesh())
   manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
   state, _ = checkpoint.restore_latest(manager, target)
   manager.close()
-  init_path = _opt(config.get("init_checkpoint"))
+  init_path = _opt(config.init_checkpoint)
   if state is None and init_path:
     # A converted whole-model checkpoint (counting-jax convert), untrained.
     state, where = pretrained.load_pretrained(target, init_path)
@@ -254,77 +267,124 @@ def _restore_for_eval(config, workdir):
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no "
                             "config.init_checkpoint")
-  return model, state
+  return method, state
 
 
 def _gather(rows, n_total):
-  """Rows (index, pred, true, id) of every process, by index (process 0)."""
+  """Rows (index, pred, true) of every process, sorted by index (numbers
+  only: every process loads the same split, so image ids are looked up by
+  index afterwards)."""
   if jax.process_count() == 1:
     return sorted(rows)
   k = -(-n_total // jax.process_count())
   idx = np.full((k,), -1, np.int32)
   vals = np.zeros((k, 2), np.float32)
-  names = np.zeros((k, 128), np.uint8)
-  for j, (i, p, t, name) in enumerate(rows):
+  for j, (i, p, t) in enumerate(rows):
     idx[j], vals[j] = i, (p, t)
-    raw = str(name).encode("utf-8")[:128]
-    names[j, :len(raw)] = np.frombuffer(raw, np.uint8)
-  idx, vals, names = multihost_utils.process_allgather((idx, vals, names))
-  out = []
-  for i, v, n in zip(idx.reshape(-1), vals.reshape(-1, 2),
-                     names.reshape(-1, 128)):
-    if i >= 0:
-      out.append((int(i), float(v[0]), float(v[1]),
-                  bytes(n).rstrip(b"\0").decode("utf-8")))
-  return sorted(out)
+  idx, vals = multihost_utils.process_allgather((idx, vals))
+  return sorted((int(i), float(v[0]), float(v[1]))
+                for i, v in zip(idx.reshape(-1), vals.reshape(-1, 2))
+                if i >= 0)
 
 
-def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
+class _WithUserInputs:
+  """A source whose samples take the user's ``--text`` (as class name) and
+  ``--exemplars`` (boxes by image id or file name)."""
+
+  def __init__(self, source, text=None, exemplars=None):
+    self._source, self._text, self._exemplars = source, text, exemplars
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    sample = dict(self._source[i])
+    if self._text is not None:
+      sample["class_name"] = self._text
+    if self._exemplars is not None:
+      sample["boxes"] = predict_lib.boxes_for(self._exemplars,
+                                              sample["image_id"])
+    return sample
+
+
+def _check_exemplars(method, source, indices):
+  """Raises ValueError before any compilation when an exemplar method meets
+  a test image without exemplar boxes."""
+  if "exemplars" not in method.inputs:
+    return
+  for i in indices:
+    if len(source[i]["boxes"]) == 0:
+      raise ValueError(f"image {source[i]['image_id']!r} has no exemplar "
+                       f"boxes; method {method.name!r} needs them (give "
+                       "--exemplars boxes.json)")
+
+
+def evaluate(config, workdir, *, state=None, method=None, writer=None,
+             text=None, exemplars=None) -> dict:
   """Counts every image of the test split at full resolution (images with a
   side above ``eval_tiling.max_size`` in overlapping tiles), writes
   ``metrics.json``, ``counts.json`` and panels, prints MAE/RMSE; returns the
   metrics. Processes share the images (image i goes to process i mod P);
-  process 0 gathers the counts and writes the files."""
+  process 0 gathers the counts and writes the files.
+
+  Args:
+    config, workdir: the run's config and folder.
+    state, method: the trained state and its method (default: restored
+      from the newest checkpoint).
+    writer: a ``writers.MetricWriter`` for the test scalars.
+    text: a text prompt replacing every test image's class name (text-guided
+      methods).
+    exemplars: {image id or file name: boxes [K, 4]} replacing the data
+      set's exemplar boxes (``predict.read_exemplars``).
+
+  Raises:
+    ValueError: when an exemplar method meets an image without exemplars.
+    FileNotFoundError: when there is no checkpoint to evaluate.
+  """
+  config = defaults.complete(config)
   workdir = pathlib.Path(workdir)
   inp = config.input
-  if model is None or state is None:
-    model, state = _restore_for_eval(config, workdir)
-  use_ema = _ema_decay(config) is not None
   source = _load(config, config.dataset.test_split)
-  predict = predict_lib.make_predict_fn(step_lib.make_eval_step(
-      model.apply, density_scale=config.density_scale, use_ema=use_ema),
-                                        state, _compiler_options(config))
+  if text is not None or exemplars is not None:
+    source = _WithUserInputs(source, text, exemplars)
+  mine = list(range(jax.process_index(), len(source), jax.process_count()))
+  if method is None or state is None:
+    _check_exemplars(methods_lib.build(config), source, mine)
+    method, state = _restore_for_eval(config, workdir)
+  _check_exemplars(method, source, mine)
+  use_ema = _ema_decay(config) is not None
+  predict = predict_lib.make_predict_fn(
+      step_lib.make_eval_step(method, use_ema=use_ema), state,
+      _compiler_options(config))
   panel_dir = workdir / "panels"
   panel_dir.mkdir(parents=True, exist_ok=True)
-  n_panels = config.get("num_panels", 4)
-  mine = list(range(jax.process_index(), len(source), jax.process_count()))
+  n_panels = config.num_panels
   rows = []
   for batch in pipeline.eval_batches(
-      source, batch_size=inp.eval_batch_size,
-      pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std,
-      indices=mine):
+      source, batch_size=inp.eval_batch_size, pad_multiple=inp.pad_multiple,
+      mean=inp.mean, std=inp.std, indices=mine, fields=method.fields):
     dens = predict_lib.predict_densities(
-        predict, batch["image"], stride=model.stride,
-        multiple=_pad_multiple(config), **_tiling(config))
+        predict, predict_lib.model_inputs(batch, method), stride=method.stride,
+        multiple=inp.pad_multiple, **dict(config.eval_tiling))
     for b in range(dens.shape[0]):
       index = mine[len(rows)]
-      rows.append((index, float(dens[b].sum()), float(batch["count"][b]),
-                   str(batch["image_id"][b])))
+      rows.append((index, float(dens[b].sum()), float(batch["count"][b])))
       if index >= n_panels:
         continue
       target = density_lib.gaussian_density(
           batch["points"][b], batch["point_mask"][b], dens.shape[1:],
-          config.get("panel_sigma", 2.0), stride=model.stride)
+          config.panel_sigma, stride=method.stride)
       panels.save_panel(panel_dir / f"{batch['image_id'][b]}.png",
                         batch["image"][b], dens[b],
                         target_density=np.asarray(target),
                         true_count=float(batch["count"][b]),
                         title=str(batch["image_id"][b]))
   rows = _gather(rows, len(source))
-  _, preds, trues, ids = zip(*rows)
+  index, preds, trues = zip(*rows)
   result = metrics_lib.counting_metrics(list(preds), list(trues))
   result["step"] = int(np.asarray(sharding.local_copy(state.step)))
   if jax.process_index() == 0:
+    ids = [str(source[i]["image_id"]) for i in index]
     (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
     (workdir / "counts.json").write_text(json.dumps(
         {i: {"pred": p, "true": t} for i, p, t in zip(ids, preds, trues)}))
@@ -336,31 +396,46 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
           f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
           f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
           f"({result['n']} images)")
-    published = config.get("published")
+    published = config.published
     if published:
-      print("published (" + config.get("published_protocol", "") + "):")
+      print("published (" + config.published_protocol + "):")
       for name, value in published:
         print(f"  {name:<36} {value}")
   return result
 
 
-def predict(config, workdir, images_dir, out_dir) -> dict:
-  """``counting-jax predict``: counts every image of ``images_dir`` with the
+def predict(config, workdir, images, out_dir, *, text=None,
+            exemplars=None) -> dict:
+  """``counting-jax predict``: counts every image of ``images`` with the
   newest checkpoint of ``workdir`` (EMA parameters when the config enables
   them; large images in tiles, ``eval_tiling``), writing ``counts.csv`` and
   density panels to ``out_dir``; returns {file name: count}.
 
+  Args:
+    config, workdir: the run's config and folder.
+    images: a folder of images.
+    out_dir: where ``counts.csv`` and the panels go.
+    text: the text prompt of a text-guided method (every image).
+    exemplars: {file name or stem: boxes [K, 4] input pixels} of an exemplar
+      method (``predict.read_exemplars``).
+
   Raises:
-    FileNotFoundError: when ``images_dir`` has no image or ``workdir`` no
+    FileNotFoundError: when ``images`` has no image or ``workdir`` no
       checkpoint.
+    ValueError: when the method needs ``text`` or ``exemplars`` and they are
+      not given, or an image has no exemplar boxes (checked before the
+      model is built).
   """
-  files = predict_lib.list_images(images_dir)
-  model, state = _restore_for_eval(config, workdir)
+  config = defaults.complete(config)
+  files = predict_lib.list_images(images)
+  predict_lib.check_user_inputs(methods_lib.build(config), files, text=text,
+                                exemplars=exemplars)
+  method, state = _restore_for_eval(config, workdir)
   fn = predict_lib.make_predict_fn(step_lib.make_eval_step(
-      model.apply, density_scale=config.density_scale,
-      use_ema=_ema_decay(config) is not None), state,
+      method, use_ema=_ema_decay(config) is not None), state,
       _compiler_options(config))
   return predict_lib.count_images(
-      fn, files, out_dir, stride=model.stride,
-      multiple=_pad_multiple(config), mean=config.input.mean,
-      std=config.input.std, tiling_kwargs=_tiling(config))
+      fn, files, out_dir, method=method,
+      multiple=config.input.pad_multiple, mean=config.input.mean,
+      std=config.input.std, tiling_kwargs=dict(config.eval_tiling),
+      text=text, exemplars=exemplars)

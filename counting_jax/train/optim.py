@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 __all__ = ["make_schedule", "make_optimizer"]
@@ -31,14 +32,34 @@ def make_schedule(lr: float, *, schedule: str = "constant", total_steps: int,
 def make_optimizer(name: str = "adam", *, lr: float, total_steps: int,
                    schedule: str = "constant", warmup_steps: int = 0,
                    weight_decay: float = 0.0, clip_norm: float | None = None,
-                   momentum: float = 0.9, end_factor: float = 0.0):
+                   momentum: float = 0.9, end_factor: float = 0.0,
+                   groups=None, param_labels=None):
   """An optax optimiser: "adam" (weight decay coupled as L2, as PyTorch's
   ``Adam(weight_decay=...)`` in the official repos), "adamw" or "sgd"
-  (momentum), optionally after global-norm gradient clipping.
+  (momentum), optionally after global-norm gradient clipping (of all
+  trainable gradients together).
+
+  Parameter groups (``groups`` with ``param_labels``): ``param_labels(params)``
+  names each parameter's group (a method's ``param_labels``); ``groups``
+  maps group names to ``{"frozen": bool, "lr": float}``: a frozen group gets
+  no update (``optax.set_to_zero``: its optimiser state is empty, its
+  parameters stay bit-identical), a group with ``lr`` gets the same
+  optimiser and schedule with that peak learning rate. Parameters of groups
+  not named in ``groups`` train with the arguments above.
 
   Raises:
-    ValueError: for an unknown optimiser name.
+    ValueError: for an unknown optimiser name, groups without
+      ``param_labels``, or a group entry with other keys than frozen / lr.
   """
+  if groups:
+    if param_labels is None:
+      raise ValueError(f"optim.groups {sorted(groups)} given but the method "
+                       "defines no parameter groups (param_labels)")
+    return _grouped(dict(groups), param_labels, name=name, lr=lr,
+                    total_steps=total_steps, schedule=schedule,
+                    warmup_steps=warmup_steps, weight_decay=weight_decay,
+                    clip_norm=clip_norm, momentum=momentum,
+                    end_factor=end_factor)
   lr_fn = make_schedule(lr, schedule=schedule, total_steps=total_steps,
                         warmup_steps=warmup_steps, end_factor=end_factor)
   if name == "adam":
@@ -54,3 +75,31 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int,
   if clip_norm:
     return optax.chain(optax.clip_by_global_norm(clip_norm), core)
   return core
+
+
+def _grouped(groups, param_labels, *, clip_norm, lr, **kwargs):
+  transforms = {"default": make_optimizer(lr=lr, **kwargs)}
+  for group, spec in groups.items():
+    spec = dict(spec)
+    unknown = set(spec) - {"frozen", "lr"}
+    if unknown:
+      raise ValueError(f"optim.groups.{group}: unknown keys {sorted(unknown)}"
+                       " (valid: frozen, lr)")
+    if spec.get("frozen", False):
+      transforms[group] = optax.set_to_zero()
+    else:
+      transforms[group] = make_optimizer(lr=float(spec.get("lr", lr)),
+                                         **kwargs)
+
+  def labels(params):
+    return jax.tree.map(lambda g: g if g in groups else "default",
+                        param_labels(params))
+
+  tx = optax.multi_transform(transforms, labels)
+  if not clip_norm:
+    return tx
+  # Frozen gradients are zeroed before the global norm is taken.
+  zero_frozen = optax.multi_transform(
+      {g: optax.set_to_zero() if dict(groups.get(g, {})).get("frozen")
+       else optax.identity() for g in transforms}, labels)
+  return optax.chain(zero_frozen, optax.clip_by_global_norm(clip_norm), tx)

@@ -5,12 +5,16 @@ batch padded to a multiple of their number and sharded over them);
 :func:`predict_densities` sends images larger than ``max_size`` through
 overlapping tiles (``counting_jax.train.tiling``) and the others through
 the model whole; :func:`count_images` writes ``counts.csv`` and density
-panels for a folder of images.
+panels for a folder of images. The model inputs are a dict of the method's
+input fields (``image`` and, for conditioned methods, ``exemplars`` /
+``exemplar_mask`` or ``tokens``); :func:`read_exemplars` reads the user's
+``--exemplars`` file.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import pathlib
 
 import jax
@@ -21,16 +25,18 @@ from counting_jax.data import pipeline, transforms
 from counting_jax.train import panels, sharding, tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "count_images",
-           "list_images", "predict_folder", "EXTENSIONS"]
+           "list_images", "predict_folder", "model_inputs", "read_exemplars",
+           "boxes_for", "check_user_inputs", "EXTENSIONS"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def make_predict_fn(eval_step, state, compiler_options=None, devices=None):
-  """``predict(images float32 [b, H, W, 3]) -> float32 [b, h, w]``.
+  """``predict(inputs) -> float32 [b, h, w]``: ``inputs`` is the images
+  float32 [b, H, W, 3] or a dict of model input fields with leading axis b.
 
   Args:
-    eval_step: ``(state, image) -> density`` (``step.make_eval_step``).
+    eval_step: ``(state, inputs dict) -> density`` (``step.make_eval_step``).
     state: the train state (replicated arrays, possibly multi-process); this
       process's copy is replicated over ``devices``.
     compiler_options: XLA options for ``jax.jit``
@@ -44,37 +50,142 @@ def make_predict_fn(eval_step, state, compiler_options=None, devices=None):
   run = jax.jit(eval_step, out_shardings=dsh,
                 compiler_options=compiler_options)
 
-  def predict(images):
-    images = np.asarray(images, np.float32)
-    b = images.shape[0]
-    pad = (-b) % n
-    if pad:
-      images = np.concatenate(
-          [images, np.zeros((pad, *images.shape[1:]), np.float32)])
-    return np.asarray(run(local, jax.device_put(images, dsh)))[:b]
+  def pad(x):
+    x = np.asarray(x)
+    extra = (-x.shape[0]) % n
+    if extra:
+      x = np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)])
+    return jax.device_put(x, dsh)
+
+  def predict(inputs):
+    if not isinstance(inputs, dict):
+      inputs = {"image": inputs}
+    inputs = dict(inputs, image=np.asarray(inputs["image"], np.float32))
+    b = inputs["image"].shape[0]
+    return np.asarray(run(local, {k: pad(v) for k, v in inputs.items()}))[:b]
 
   return predict
 
 
-def predict_densities(predict, images, *, stride: int, multiple: int,
+def model_inputs(batch, method) -> dict:
+  """The fields ``method.inputs`` of a batch (``image`` float32)."""
+  return {k: (np.asarray(batch[k], np.float32) if k == "image"
+              else np.asarray(batch[k])) for k in method.inputs}
+
+
+def predict_densities(predict, inputs, *, stride: int, multiple: int,
                       max_size: int | None = None, tile_size: int = 1024,
                       overlap: int = 128, blend: str = "linear",
                       tile_batch: int = 4):
   """Densities float32 [b, H // stride, W // stride] of a batch of padded,
-  normalised images float32 [b, H, W, 3] (H, W multiples of ``multiple``).
+  normalised images float32 [b, H, W, 3] (H, W multiples of ``multiple``),
+  or of a dict of model inputs holding them as ``image``.
 
   Images with a side above ``max_size`` input pixels (never when None) are
   cut into ``tile_size`` tiles overlapping by ``overlap`` and stitched with
   ``blend`` weights (``tiling.predict_tiled``), ``tile_batch`` tiles per
-  call; the others go through the model whole, as one batch.
+  call, each tile with its image's other inputs (e.g. text tokens); the
+  others go through the model whole, as one batch.
+
+  Raises:
+    ValueError: when a tiled image has exemplar boxes (a box is defined in
+      the whole image, not in a tile): raise ``max_size``.
   """
-  images = np.asarray(images, np.float32)
+  if not isinstance(inputs, dict):
+    inputs = {"image": inputs}
+  images = np.asarray(inputs["image"], np.float32)
   if max_size is None or max(images.shape[1:3]) <= max_size:
-    return predict(images)
-  return np.stack([tiling.predict_tiled(
-      predict, im, tile=tile_size, overlap=overlap, stride=stride,
-      multiple=multiple, blend=blend, batch_size=tile_batch)
-                   for im in images])
+    return predict(dict(inputs, image=images))
+  if "exemplars" in inputs:
+    raise ValueError(f"images of {images.shape[1:3]} px exceed "
+                     f"eval_tiling.max_size={max_size}; tiled prediction is "
+                     "not defined for exemplar boxes: raise max_size")
+  out = []
+  for i, im in enumerate(images):
+    rest = {k: v[i] for k, v in inputs.items() if k != "image"}
+
+    def tiles_fn(tiles, rest=rest):
+      return predict({"image": tiles, **{
+          k: np.repeat(v[None], len(tiles), 0) for k, v in rest.items()}})
+
+    out.append(tiling.predict_tiled(
+        tiles_fn, im, tile=tile_size, overlap=overlap, stride=stride,
+        multiple=multiple, blend=blend, batch_size=tile_batch))
+  return np.stack(out)
+
+
+def read_exemplars(path) -> dict:
+  """The user's exemplar boxes: a JSON object ``{"<image file name or
+  stem>": [[x1, y1, x2, y2], ...], ...}`` in input-image pixels of the
+  stored image.
+
+  Returns:
+    {key: float32 [K, 4]}.
+
+  Raises:
+    FileNotFoundError: when ``path`` is missing.
+    ValueError: naming ``path`` and the key when the file is not such an
+      object or a box is not 4 finite numbers with x1 < x2, y1 < y2.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"--exemplars file not found: {path}")
+  try:
+    raw = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: not JSON: {e}") from e
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path}: expected {{\"image name\": [[x1, y1, x2, "
+                     "y2], ...]}}")
+  out = {}
+  for key, boxes in raw.items():
+    try:
+      b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{path} [{key!r}]: boxes must be [[x1, y1, x2, y2], "
+                       f"...]: {e}") from e
+    if (not np.all(np.isfinite(b)) or np.any(b[:, 2] <= b[:, 0])
+        or np.any(b[:, 3] <= b[:, 1])):
+      raise ValueError(f"{path} [{key!r}]: every box needs finite x1 < x2 "
+                       f"and y1 < y2, got {b.tolist()}")
+    out[str(key)] = b
+  return out
+
+
+def boxes_for(exemplars: dict, name: str) -> np.ndarray:
+  """Boxes of image ``name`` (a file name or an image id) in ``exemplars``
+  (the same key, else the same stem: "IMG_1" finds "IMG_1.jpg" and back);
+  float32 [0, 4] when absent."""
+  name = str(name)
+  if name in exemplars:
+    return exemplars[name]
+  stem = pathlib.Path(name).stem
+  for key, boxes in exemplars.items():
+    if pathlib.Path(key).stem == stem:
+      return boxes
+  return np.zeros((0, 4), np.float32)
+
+
+def check_user_inputs(method, files, *, text=None, exemplars=None) -> None:
+  """Checks, before any model is built, that the user gave what
+  ``method`` needs: ``text`` for a method reading ``tokens``, exemplar
+  boxes for every file for one reading ``exemplars``.
+
+  Raises:
+    ValueError: naming the missing argument (and the files without boxes).
+  """
+  needs = method.user_inputs
+  if "tokens" in needs and not text:
+    raise ValueError(f"method {method.name!r} counts what a text names: "
+                     "give --text \"...\"")
+  if "exemplars" in needs:
+    if exemplars is None:
+      raise ValueError(f"method {method.name!r} counts the objects of "
+                       "exemplar boxes: give --exemplars boxes.json")
+    missing = [p.name for p in files if not len(boxes_for(exemplars, p.name))]
+    if missing:
+      raise ValueError(f"--exemplars has no boxes for {len(missing)} "
+                       f"image(s): {missing[:5]}")
 
 
 def list_images(images_dir) -> list:
@@ -94,25 +205,47 @@ def list_images(images_dir) -> list:
   return files
 
 
-def count_images(predict, files, out_dir, *, stride: int, multiple: int,
-                 mean, std, tiling_kwargs=None, panels_too: bool = True):
+def count_images(predict, files, out_dir, *, method, multiple: int,
+                 mean, std, tiling_kwargs=None, panels_too: bool = True,
+                 text=None, exemplars=None):
   """Counts each image file at full resolution (zero-padded at the bottom/
   right to ``multiple``; the count sums the whole padded density map, as in
   evaluation), writes ``counts.csv`` and, with ``panels_too``, one
   ``<stem>_density.png`` panel per image to ``out_dir``; returns
   {file name: count}.
+
+  Args:
+    predict: :func:`make_predict_fn`.
+    files: image paths.
+    out_dir: output folder (created).
+    method: the ``counting_jax.methods.Method`` (inputs, fields, stride).
+    multiple: images are padded to a multiple of this.
+    mean, std: normalisation.
+    tiling_kwargs: :func:`predict_densities` tiling arguments.
+    panels_too: write the panels.
+    text: class name given to every image (text-guided methods).
+    exemplars: {file name or stem: boxes [K, 4]} (exemplar methods).
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   counts = {}
+  stride = method.stride
   for path in files:
     image = files_lib.read_rgb(path)
-    sample = transforms.pad_to_multiple(
-        {"image": image, "points": np.zeros((0, 2), np.float32),
-         "boxes": np.zeros((0, 4), np.float32)}, multiple)
-    x = pipeline.normalize(sample["image"], mean, std)[None]
-    dens = predict_densities(predict, x, stride=stride, multiple=multiple,
-                             **(tiling_kwargs or {}))[0]
+    sample = {"image": image, "points": np.zeros((0, 2), np.float32),
+              "boxes": boxes_for(exemplars or {}, path.name),
+              "class_name": text or "", "image_id": path.stem}
+    if method.fields.before_augment is not None:
+      sample = method.fields.before_augment(sample)
+    sample = transforms.pad_to_multiple(sample, multiple)
+    if method.fields.after_augment is not None:
+      sample = method.fields.after_augment(sample)
+    sample = pipeline.add_fields(sample, method.fields)
+    batch = {k: np.asarray(v)[None] for k, v in sample.items()
+             if k in method.inputs}
+    batch["image"] = pipeline.normalize(sample["image"], mean, std)[None]
+    dens = predict_densities(predict, batch, stride=stride,
+                             multiple=multiple, **(tiling_kwargs or {}))[0]
     counts[path.name] = float(dens.sum())
     if panels_too:
       panels.save_panel(out_dir / f"{path.stem}_density.png", image,
@@ -127,8 +260,8 @@ def count_images(predict, files, out_dir, *, stride: int, multiple: int,
   return counts
 
 
-def predict_folder(config, workdir, images_dir, out_dir) -> dict:
+def predict_folder(config, workdir, images_dir, out_dir, **user_inputs):
   """``counting-jax predict``: the config-reading entry point lives in
   ``loop.predict``; kept here for the CLI."""
   from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
-  return loop.predict(config, workdir, images_dir, out_dir)
+  return loop.predict(config, workdir, images_dir, out_dir, **user_inputs)

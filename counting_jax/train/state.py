@@ -24,18 +24,27 @@ class TrainState:
   ema_params: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(model, tx, rng, image_shape, *,
+def create_train_state(model, tx, rng, example_inputs, *,
                        ema: bool = False) -> TrainState:
-  """Initialises ``model`` on zeros of ``image_shape`` [B, H, W, 3].
+  """Initialises ``model`` on example inputs.
 
-  ``rng`` is a raw ``jax.random.PRNGKey``; the first half initialises the
-  parameters, the second seeds the per-step keys. Parameters are float32
-  whatever the model's compute ``dtype``. With ``ema`` the moving average
-  starts as a copy of the initial parameters.
+  Args:
+    model: a linen module called as ``model(*inputs, train=False)``.
+    tx: the optax optimiser.
+    rng: a raw ``jax.random.PRNGKey``; the first half initialises the
+      parameters, the second seeds the per-step keys.
+    example_inputs: the image shape [B, H, W, 3] (zeros are used), or a
+      tuple of arrays passed to the model in order (the fields
+      ``method.inputs`` of ``method.dummy_batch``).
+    ema: keep a moving average of the parameters, starting as a copy.
+
+  Parameters are float32 whatever the model's compute ``dtype``.
   """
+  if all(isinstance(d, int) for d in example_inputs):
+    example_inputs = (jnp.zeros(tuple(example_inputs), jnp.float32),)
   init_rng, step_rng = jax.random.split(rng)
-  variables = jax.jit(lambda r: model.init(
-      r, jnp.zeros(image_shape, jnp.float32), train=False))(init_rng)
+  variables = jax.jit(lambda r, xs: model.init(r, *xs, train=False))(
+      init_rng, tuple(example_inputs))
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),

@@ -1,4 +1,8 @@
-"""Pure train and eval steps: (state, batch) -> (state, metrics)."""
+"""Pure train and eval steps of any method.
+
+``train_step(state, batch) -> (state, metrics)``, ``eval_step(state, inputs)
+-> density``.
+"""
 
 from __future__ import annotations
 
@@ -36,53 +40,58 @@ def split_micro_batches(batch: dict, accum_steps: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def make_train_step(apply_fn, loss_fn, tx, *, stride: int,
-                    density_scale: float = 1.0, accum_steps: int = 1,
+def _float32(tree):
+  """Floating leaves -> float32 (bfloat16 model outputs before the loss)."""
+  return jax.tree.map(
+      lambda x: x.astype(jnp.float32)
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def make_train_step(method, tx, *, accum_steps: int = 1,
                     ema_decay: float | None = None):
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
   Args:
-    apply_fn: ``model.apply``; the model output divided by ``density_scale``
-      is the density in count units (cell counting regresses density x100).
-      The model may compute in bfloat16 (its ``dtype``); the output is cast
-      to float32 before the loss, and parameters, gradients and optimiser
-      state stay float32.
-    loss_fn: ``loss(density, points, point_mask, *, stride) -> (loss, aux)``.
-    tx: optax optimiser.
-    stride: the model's density stride.
-    density_scale: see ``apply_fn``.
+    method: a :class:`counting_jax.methods.Method`: its model is applied to
+      the batch fields ``method.inputs`` (train mode, ``batch_stats``
+      mutable, a ``dropout`` key), the outputs are cast to float32 (the
+      model may compute in bfloat16; parameters, gradients and optimiser
+      state stay float32), and ``method.loss(outputs, batch)`` gives the
+      scalar loss and its per-image aux terms; ``method.density(outputs)``
+      gives the counts of the ``mae`` metric.
+    tx: optax optimiser (frozen parameter groups are ``set_to_zero``
+      inside it, see ``optim.make_optimizer``).
     accum_steps: gradient accumulation: the batch is cut into this many
       micro-batches (:func:`split_micro_batches`) run one after the other in
       a ``lax.scan``; their float32 gradients are averaged and the optimiser
       updates once per call. An explicit scan rather than
       ``optax.MultiSteps``: one call stays one optimiser step on one global
-      batch (``ds[step]``), so step counts, schedules, checkpoints and exact
-      resume need no change. Equals the full-batch step for losses that are
-      batch means, up to BatchNorm (statistics per micro-batch, running
-      averages updated once per micro-batch) and dropout keys
-      (``fold_in(key, m)`` per micro-batch). Losses summed over the batch
-      (DM-Count's OT term) come out divided by ``accum_steps``.
+      batch, so step counts, schedules, checkpoints and exact resume need no
+      change. Equals the full-batch step for losses that are batch means,
+      up to BatchNorm (statistics per micro-batch, running averages updated
+      once per micro-batch) and dropout keys (``fold_in(key, m)`` per
+      micro-batch). Losses summed over the batch (DM-Count's OT term) come
+      out divided by ``accum_steps``.
     ema_decay: when set, ``state.ema_params`` <- d * ema + (1 - d) * params
       after every update (a constant decay, no bias correction; the average
       starts at the initial parameters).
 
   The returned metrics are float32 scalars, means over the global batch:
-  ``loss``, the loss's aux terms, ``mae`` of the counts, and ``grad_norm``,
-  ``param_norm``. Under a data-sharded jit the batch reductions are global,
-  so XLA inserts the cross-device reductions (gradients, BatchNorm
-  statistics, metrics).
+  ``loss``, the loss's aux terms (``loss/<name>``), ``mae`` of the counts,
+  and ``grad_norm``, ``param_norm``. Under a data-sharded jit the batch
+  reductions are global, so XLA inserts the cross-device reductions
+  (gradients, BatchNorm statistics, metrics).
   """
 
   def grads_and_metrics(params, batch_stats, batch, rng):
     def objective(params):
-      out, mutated = apply_fn(
-          _variables(params, batch_stats), batch["image"], train=True,
+      out, mutated = method.apply(
+          _variables(params, batch_stats), batch, train=True,
           mutable=["batch_stats"], rngs={"dropout": rng})
-      density = out.astype(jnp.float32) / density_scale
-      loss, aux = loss_fn(density, batch["points"], batch["point_mask"],
-                          stride=stride)
+      out = _float32(out)
+      loss, aux = method.loss(out, batch)
       return loss.astype(jnp.float32), (aux, mutated.get("batch_stats", {}),
-                                        density)
+                                        method.density(out))
 
     (loss, (aux, new_stats, density)), grads = jax.value_and_grad(
         objective, has_aux=True)(params)
@@ -129,15 +138,17 @@ def make_train_step(apply_fn, loss_fn, tx, *, stride: int,
   return train_step
 
 
-def make_eval_step(apply_fn, *, density_scale: float = 1.0,
-                   use_ema: bool = False):
-  """Builds ``eval_step(state, image) -> density`` float32 [B, h, w] in count
-  units (BatchNorm in inference mode), with ``state.ema_params`` in place of
-  ``state.params`` when ``use_ema``."""
+def make_eval_step(method, *, use_ema: bool = False):
+  """Builds ``eval_step(state, inputs) -> density`` float32 [B, h, w] in
+  count units (``method.density`` of the model outputs, BatchNorm in
+  inference mode), with ``state.ema_params`` in place of ``state.params``
+  when ``use_ema``. ``inputs`` is a dict holding at least the fields
+  ``method.inputs``."""
 
-  def eval_step(state, image):
+  def eval_step(state, inputs):
     params = state.ema_params if use_ema else state.params
-    out = apply_fn(_variables(params, state.batch_stats), image, train=False)
-    return out.astype(jnp.float32) / density_scale
+    out = method.apply(_variables(params, state.batch_stats), inputs,
+                       train=False)
+    return method.density(_float32(out))
 
   return eval_step

@@ -19,60 +19,17 @@ from PIL import Image
 from counting_jax import data
 from counting_jax.data import fsc147
 
+# What the ``fsc147_release`` fixture (tests/conftest.py) writes.
 TEST_COUNTS = {"2": 8, "2287": 195, "2934": 56, "3312": 136, "3338": 258,
                "336": 16, "4408": 14, "687": 548, "7707": 370}
 TRAIN_IDS = ("7", "22", "458")
 FIXTURE_TRAIN_POINTS = [[10.5, 20.25], [100.0, 200.0], [383.0, 1.0]]
 
 
-def _corners(y1, x1, y2, x2):
-  return [[x1, y1], [x1, y2], [x2, y2], [x2, y1]]
-
-
-def _write_release(dst, fsc):
-  """Official file layout under ``dst`` for the 12 real images."""
-  converted = {}
-  with open(fsc / "safecount_converted" / "data" / "FSC147_384_V2" /
-            "test.json") as f:
-    for line in f:
-      entry = json.loads(line)
-      converted[entry["filename"]] = entry
-  annotations = {}
-  for image_id in list(TEST_COUNTS) + list(TRAIN_IDS):
-    name = f"{image_id}.jpg"
-    with Image.open(fsc / "images_384_VarV2" / name) as im:
-      w, h = im.size
-    if image_id in TEST_COUNTS:
-      points = converted[name]["points"]
-      boxes = [_corners(*b) for b in converted[name]["boxes"]]
-    else:
-      points = FIXTURE_TRAIN_POINTS
-      boxes = [_corners(5, 6, 25, 36)] * 3
-    annotations[name] = {
-        "H": h, "W": w, "points": points, "box_examples_coordinates": boxes,
-        "box_examples_path": [f"/nfs/bla/{name}"],
-        "density_path": f"/nfs/bla/{image_id}.npy", "img_path": "/nfs/x",
-        "r": [1, 1], "ratio_h": 1.0, "ratio_w": 1.0}
-  dst.mkdir(parents=True)
-  (dst / fsc147.ANNOTATION_FILE).write_text(json.dumps(annotations))
-  splits = json.loads((fsc / "official" / "data" / fsc147.SPLIT_FILE)
-                      .read_text())
-  keep = {f"{i}.jpg" for i in list(TEST_COUNTS) + list(TRAIN_IDS)}
-  (dst / fsc147.SPLIT_FILE).write_text(json.dumps(
-      {k: [n for n in v if n in keep] for k, v in splits.items()}))
-  (dst / fsc147.CLASS_FILE).symlink_to(
-      fsc / "official" / "data" / fsc147.CLASS_FILE)
-  (dst / fsc147.DESCRIPTION_FILE).symlink_to(
-      fsc / "countx" / fsc147.DESCRIPTION_FILE)
-  (dst / fsc147.IMAGE_DIR).symlink_to(fsc / "images_384_VarV2")
-  return converted
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, shared_data):
+def built(tmp_path_factory, shared_data, fsc147_release):
   fsc = shared_data("fsc147")
-  manual = tmp_path_factory.mktemp("manual")
-  converted = _write_release(manual / "FSC147_384_V2", fsc)
+  manual, converted = fsc147_release
   data_dir = tmp_path_factory.mktemp("tfds")
   splits = {s: data.load("fsc147", s, data_dir=data_dir, manual_dir=manual)
             for s in ("train", "test")}

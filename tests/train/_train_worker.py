@@ -61,14 +61,14 @@ def tiny_model(batch_norm=True, dtype="float32"):
 def build(loss_name="gaussian_l2", *, batch_norm=True, accum_steps=1,
           ema_decay=None, dtype="float32"):
   """(model, train_step fn, tx) of a tiny conv counter trained with SGD."""
-  from counting_jax import losses  # pylint: disable=g-import-not-at-top
+  from counting_jax import losses, methods  # pylint: disable=g-import-not-at-top
   from counting_jax.train import optim, step  # pylint: disable=g-import-not-at-top
   model = tiny_model(batch_norm, dtype)
   kw = dict(sigma=2.0) if loss_name == "gaussian_l2" else {}
   loss_fn = losses.get_loss(loss_name, **kw)
   tx = optim.make_optimizer("sgd", lr=2e-2, momentum=0.9, total_steps=10,
                             clip_norm=100.0)
-  fn = step.make_train_step(model.apply, loss_fn, tx, stride=model.stride,
+  fn = step.make_train_step(methods.density.from_model(model, loss_fn), tx,
                             accum_steps=accum_steps, ema_decay=ema_decay)
   return model, fn, tx
 
@@ -127,7 +127,7 @@ def max_diff(a, b):
 def equivalence(out_path):
   """8 devices vs 1 device on the same global batches, per loss."""
   import jax  # pylint: disable=g-import-not-at-top
-  from counting_jax import losses  # pylint: disable=g-import-not-at-top
+  from counting_jax import losses, methods  # pylint: disable=g-import-not-at-top
   from counting_jax.train import sharding  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8, jax.devices()
   ds = dataset(BATCH)

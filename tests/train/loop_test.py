@@ -14,17 +14,12 @@ import json
 import os
 import pathlib
 import random
-import signal
-import subprocess
+import re
 import sys
-import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-
-from counting_jax.train import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOTAL = 10
@@ -43,20 +38,6 @@ def _command(workdir):
           ":smoke=True", "--workdir", str(workdir), *ARGS]
 
 
-def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              JAX_DISABLE_MOST_OPTIMIZATIONS="true")
-
-
-def _final_state(workdir):
-  manager = checkpoint.make_manager(workdir / "checkpoints")
-  step = manager.latest_step()
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
-  manager.close()
-  return step, state
-
-
 def _rows(workdir):
   rows = [json.loads(l) for l in
           (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -65,51 +46,26 @@ def _rows(workdir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, kill_and_resume):
   root = tmp_path_factory.mktemp("resume")
   plain, killed = root / "plain", root / "killed"
-  ref = subprocess.Popen(_command(plain), env=_env(), cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-  kill_after = random.Random(os.getpid()).randint(2, 5)
-  victim = subprocess.Popen(_command(killed), env=_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-  ckpt = killed / "checkpoints"
-  try:
-    deadline = time.time() + 400
-    while time.time() < deadline and victim.poll() is None:
-      steps = [int(p.name) for p in ckpt.glob("*") if p.name.isdigit()]
-      if steps and max(steps) >= kill_after:
-        victim.send_signal(signal.SIGKILL)
-        break
-      time.sleep(0.02)
-    victim.wait(timeout=60)
-    killed_at = sorted(p.name for p in ckpt.iterdir())
-    log = ref.communicate(timeout=400)[0]
-    assert ref.returncode == 0, log[-3000:]
-  finally:
-    for p in (ref, victim):
-      if p.poll() is None:
-        p.kill()
-  assert victim.returncode == -signal.SIGKILL, "the run ended before the kill"
-  assert not (killed / "metrics.json").exists()
-  resumed = subprocess.run(_command(killed), env=_env(), cwd=REPO,
-                           capture_output=True, text=True, timeout=400)
-  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-  return dict(plain=plain, killed=killed, killed_at=killed_at,
-              stdout=resumed.stdout)
+  out = kill_and_resume(_command, plain, killed,
+                        random.Random(os.getpid()).randint(2, 5))
+  return dict(plain=plain, killed=killed, **out)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(runs):
   steps = [int(s) for s in runs["killed_at"] if s.isdigit()]
   assert 0 < max(steps) < TOTAL, runs["killed_at"]
-  assert "resumed from step" in runs["stdout"]
+  resumed = re.search(r"resumed from step (\d+)", runs["stdout"])
+  assert resumed, runs["stdout"][-2000:]
+  assert int(resumed.group(1)) == max(steps), (resumed.group(0), steps)
 
 
-def test_resumed_run_ends_with_the_uninterrupted_parameters(runs):
-  step_a, a = _final_state(runs["plain"])
-  step_b, b = _final_state(runs["killed"])
+def test_resumed_run_ends_with_the_uninterrupted_parameters(runs,
+                                                          final_state):
+  step_a, a = final_state(runs["plain"])
+  step_b, b = final_state(runs["killed"])
   assert step_a == step_b == TOTAL
   flat_a = jax.tree_util.tree_leaves_with_path(a)
   flat_b = jax.tree_util.tree_leaves_with_path(b)

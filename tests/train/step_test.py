@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from counting_jax import methods
 from counting_jax.train import sharding, step as step_lib
 
 import _train_worker as worker  # pylint: disable=g-import-not-at-top
@@ -94,8 +95,9 @@ def test_eval_step_uses_ema_when_asked(batches):
                                        (1, 16, 16, 3), ema=True)
   state = state.replace(ema_params=jax.tree.map(jnp.zeros_like, state.params))
   x = batches[0]["image"][:2]
-  plain = step_lib.make_eval_step(model.apply)(state, x)
-  ema = step_lib.make_eval_step(model.apply, use_ema=True)(state, x)
+  method = methods.density.from_model(model, None)
+  plain = step_lib.make_eval_step(method)(state, {"image": x})
+  ema = step_lib.make_eval_step(method, use_ema=True)(state, {"image": x})
   assert not np.allclose(plain, ema)
   # zero weights: the output is softplus(0) * 0.05 everywhere.
   np.testing.assert_allclose(ema, np.log(2.0) * 0.05, rtol=1e-6)

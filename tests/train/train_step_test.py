@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from counting_jax import losses, models
+from counting_jax import losses, methods, models
 from counting_jax.train import checkpoint, optim, state as state_lib, step as step_lib
 
 
@@ -15,8 +15,8 @@ def setup():
   model = models.get_model("unet_tiny")
   tx = optim.make_optimizer("adam", lr=1e-2, total_steps=20)
   loss_fn = losses.get_loss("gaussian_l2", sigma=2.0, scale=10.0)
-  step = jax.jit(step_lib.make_train_step(model.apply, loss_fn, tx, stride=1,
-                                          density_scale=10.0))
+  method = methods.density.from_model(model, loss_fn, density_scale=10.0)
+  step = jax.jit(step_lib.make_train_step(method, tx))
   rng = np.random.default_rng(0)
   pts = rng.uniform(0, 16, (2, 8, 2)).astype(np.float32)
   mask = np.array([[True] * 5 + [False] * 3, [False] * 8])  # 2nd: no points

@@ -1,0 +1,49 @@
+"""Counting methods: what each paper supplies to the one trainer.
+
+Each module here is one method and has one ``build(config) -> Method``
+(``counting_jax.methods.base.Method``: model, batch fields, loss on (model
+outputs, batch), the density used for counting, parameter groups, hooks).
+``config.method.name`` picks one (default ``"density"``):
+
+================== ==========================================================
+name               method
+================== ==========================================================
+density            image -> density map; a point loss of
+                   ``counting_jax.losses`` (cells, BL, DM-Count, GL, PML)
+exemplar_similarity image + exemplar boxes -> similarity -> density (a small
+                   class-agnostic counter)
+================== ==========================================================
+"""
+
+from __future__ import annotations
+
+from counting_jax.methods import density
+from counting_jax.methods import exemplar_similarity
+from counting_jax.methods.base import BatchFields, Method, USER_INPUTS
+
+METHODS = {
+    "density": density.build,
+    "exemplar_similarity": exemplar_similarity.build,
+}
+
+__all__ = ["METHODS", "Method", "BatchFields", "USER_INPUTS", "build",
+           "method_name"]
+
+
+def method_name(config) -> str:
+  """``config.method.name``, or ``"density"`` for configs without one."""
+  method = config.get("method")
+  return "density" if method is None else str(method.name)
+
+
+def build(config) -> Method:
+  """The :class:`Method` of ``config`` (``config.method.name``).
+
+  Raises:
+    ValueError: for an unknown method name (listing the valid ones).
+  """
+  name = method_name(config)
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r} (config.method.name); valid: "
+                     f"{sorted(METHODS)}")
+  return METHODS[name](config)

@@ -1,0 +1,68 @@
+"""The trainer's optional config fields and their defaults, in one place.
+
+Config files set what an experiment needs; :func:`complete` adds every
+optional field the trainer reads, with the default below, so the loop reads
+``config.x`` directly and never carries a second default. Fields:
+
+- ``method.name``: ``counting_jax.methods`` builder ("density").
+- ``compute_dtype``: "float32" or "bfloat16" (model compute; parameters and
+  loss stay float32).
+- ``accum_steps``: micro-batches per optimiser step.
+- ``ema_decay``: > 0 keeps a moving average of the parameters, used for
+  evaluation.
+- ``eval_tiling``: images with a side above ``max_size`` input pixels are
+  evaluated in ``tile_size`` tiles overlapping by ``overlap``.
+- ``xla_cpu_ynn_fusion_type``: XLA:CPU YNNPACK fusion kinds of the jitted
+  steps (``counting_jax.train.compile_options``).
+- ``input.cache``: hold the decoded training split in memory (small sets).
+- ``input.num_workers``: input worker processes (0 = a background thread).
+- ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
+- ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float}``.
+- ``init_checkpoint``, ``num_panels``, ``panel_sigma``, ``published``,
+  ``published_protocol``, ``quiet``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from counting_jax.train import compile_options
+
+__all__ = ["DEFAULTS", "complete"]
+
+DEFAULTS = {
+    "method": {"name": "density"},
+    "compute_dtype": "float32",
+    "accum_steps": 1,
+    "ema_decay": 0.0,
+    "eval_tiling": {"max_size": 2048, "tile_size": 1024, "overlap": 128,
+                    "blend": "linear", "tile_batch": 4},
+    "xla_cpu_ynn_fusion_type": compile_options.DEFAULT_YNN_FUSION_TYPE,
+    "init_checkpoint": "",
+    "num_panels": 4,
+    "panel_sigma": 2.0,
+    "published": (),
+    "published_protocol": "",
+    "quiet": False,
+    "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
+              "max_exemplars": 0},
+    "optim": {"groups": {}},
+}
+
+
+def _fill(config, defaults):
+  for key, value in defaults.items():
+    if isinstance(value, dict):
+      if key not in config or config[key] is None:
+        config[key] = ml_collections.ConfigDict()
+      _fill(config[key], value)
+    elif key not in config:
+      config[key] = value
+
+
+def complete(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with every missing optional field (``DEFAULTS``)
+  added; fields the config sets are kept. The copy is unlocked."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  _fill(out, DEFAULTS)
+  return out
