@@ -6,6 +6,8 @@ PyTorch (torch threads = 2), in the same run, and the JAX / PyTorch ratio.
 
   .venv/bin/python benchmarks/models.py            # 512x512, batch 4
   .venv/bin/python benchmarks/models.py --quick    # 1 timed iteration
+  .venv/bin/python benchmarks/models.py --cpu-tricks   # JAX with and
+      # without the CPU tricks (3x3 kernel gradient, reshape max-pool)
 
 The JAX side is compiled with the trainer's XLA options
 (``counting_jax.train.compile_options``: on CPU YNNPACK for dots only, XLA's
@@ -13,7 +15,10 @@ Eigen convolutions; ``--xla-defaults`` for XLA's defaults, which hand the
 convolutions to YNNPACK). It jits each function
 once (compile time excluded, reported separately) and keeps the parameters
 on device; timings are the median of ``--iters`` runs after one warm-up
-round, JAX and PyTorch alternating.
+round, JAX and PyTorch alternating. ``--cpu-tricks`` times the JAX counter
+twice, with the CPU tricks of ``counting_jax.models.backbones._ops`` (the
+default on CPU) and with the standard ``lax.conv_general_dilated`` /
+``nn.max_pool`` (the default on GPU / TPU), side by side.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from counting_jax import models
+from counting_jax.models.backbones import _ops
 from counting_jax.train import compile_options
 
 
@@ -59,8 +65,10 @@ class TorchBLVGG19(nn.Module):
     return torch.abs(self.reg_layer(x))
 
 
-def jax_functions(batch: int, size: int, xla_defaults: bool = False):
-  """{pass: zero-argument function} of the JAX counter, compiled."""
+def jax_functions(batch: int, size: int, xla_defaults: bool = False,
+                  cpu_tricks: bool | None = None):
+  """{pass: zero-argument function} of the JAX counter, compiled (with the
+  CPU tricks on, off, or None: on the CPU backend)."""
   model = models.get_model("bl_vgg19")
   image = jnp.asarray(np.random.default_rng(0).normal(
       size=(batch, size, size, 3)), jnp.float32)
@@ -74,9 +82,12 @@ def jax_functions(batch: int, size: int, xla_defaults: bool = False):
 
   grad = jax.jit(jax.grad(total), compiler_options=options)
   start = time.perf_counter()
-  forward.lower(variables, image).compile()
-  grad.lower(variables["params"], image).compile()
-  print(f"JAX compile (both functions): {time.perf_counter() - start:.1f} s")
+  with _ops.cpu_tricks(cpu_tricks):  # applies at tracing
+    forward = forward.lower(variables, image).compile()
+    grad = grad.lower(variables["params"], image).compile()
+  print(f"JAX compile (both functions, CPU tricks "
+        f"{_ops.cpu_tricks_enabled(cpu_tricks)}): "
+        f"{time.perf_counter() - start:.1f} s")
   return {"forward": lambda: forward(variables, image).block_until_ready(),
           "forward_backward": lambda: jax.block_until_ready(
               grad(variables["params"], image))}
@@ -124,6 +135,9 @@ def main(argv=None) -> None:
   parser.add_argument("--xla-defaults", action="store_true",
                       help="XLA's default CPU options (YNNPACK convolutions) "
                       "instead of the trainer's (YNNPACK for dots only)")
+  parser.add_argument("--cpu-tricks", action="store_true",
+                      help="also time JAX without the CPU tricks (standard "
+                      "conv gradient and nn.max_pool) and with them")
   args = parser.parse_args(argv)
   iters = 1 if args.quick else args.iters
   print(f"BL VGG19 counter, float32, batch {args.batch}, "
@@ -131,15 +145,21 @@ def main(argv=None) -> None:
         f"{jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__}, 2 threads; JAX convolutions: "
         f"{'YNNPACK (XLA default)' if args.xla_defaults else 'Eigen'})")
-  functions = {"jax": jax_functions(args.batch, args.size,
-                                    args.xla_defaults),
-               "torch": torch_functions(args.batch, args.size)}
+  variants = ({"JAX tricks": True, "JAX standard": False}
+              if args.cpu_tricks else {"JAX": None})
+  functions = {name: jax_functions(args.batch, args.size, args.xla_defaults,
+                                   flag) for name, flag in variants.items()}
+  functions["PyTorch"] = torch_functions(args.batch, args.size)
   result = measure(functions, iters)
-  jx, th = result["jax"], result["torch"]
-  print(f"{'pass':<18}{'JAX img/s':>12}{'PyTorch img/s':>16}{'JAX/PyTorch':>14}")
+  th = result["PyTorch"]
+  header = f"{'pass':<18}" + "".join(
+      f"{name + ' img/s':>20}" for name in functions) + "".join(
+          f"{name + '/PyTorch':>22}" for name in variants)
+  print(header)
   for key in ("forward", "forward_backward"):
-    j, t = args.batch / jx[key], args.batch / th[key]
-    print(f"{key:<18}{j:>12.3f}{t:>16.3f}{j / t:>14.2f}")
+    rate = {name: args.batch / result[name][key] for name in functions}
+    print(f"{key:<18}" + "".join(f"{rate[n]:>20.3f}" for n in functions)
+          + "".join(f"{rate[n] / rate['PyTorch']:>22.2f}" for n in variants))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
 """Density maps from point annotations, and pooling to a density stride.
 
-A density map D of shape [h, w] with stride s covers the input-image region
-[0, s*w) x [0, s*h) (see :mod:`counting_jax.grid`). Each point inside that
-region contributes a kernel of mass exactly 1, so ``D.sum()`` equals the
-number of points in the image, also for points near the border (the kernel is
+A density map D of shape [h, w] with stride s covers the closed input-image
+region [0, s*w] x [0, s*h] (see :mod:`counting_jax.grid`: a point on the right
+or bottom edge belongs to the last cell). Each point inside that region
+contributes a kernel of mass exactly 1, so ``D.sum()`` equals the number of
+points in the image, also for points on or near the border (the kernel is
 renormalised over the map instead of leaking outside). Points outside the
 region, and padded points (``point_mask`` False), contribute nothing.
 
 The Gaussian is separable, so a map is built from per-point 1-D profiles,
-never an N x h x w tensor: with a fixed σ (a Python number) each point's
-kernel is the outer product of its profiles on the (2k + 1)² cells around it,
-k = ceil(5.5σ / stride), scatter-added into the map (O(N k²)); with per-point σ
-(an array) it is ``Gy^T @ Gx`` over whole rows and columns (O(N (h + w))
-memory, an [N,h]x[N,w] matmul).
+never an N x h x w tensor: with one fixed σ known at trace time (a Python or
+NumPy number, or a concrete 0-d array) each point's kernel is the outer
+product of its profiles on the (2k + 1)² cells around it, k = ceil(5.5σ /
+stride), scatter-added into the map (``method="windowed"``, O(N k²)); with
+per-point σ (an array), or a traced σ, it is ``Gy^T @ Gx`` over whole rows and
+columns (``method="dense"``, O(N (h + w)) memory, an [N,h]x[N,w] matmul).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from scipy import spatial
 
 __all__ = ["gaussian_density", "knn_sigma", "adaptive_sigma", "sum_pool",
            "image_cells", "image_mask", "count_in_image", "crop_to_image",
-           "median_nearest_distance", "spacing_sigma"]
+           "median_nearest_distance", "spacing_sigma", "METHODS"]
+
+# ``gaussian_density``'s algorithms (see its docstring).
+METHODS = ("auto", "windowed", "dense")
 
 _MIN_SIGMA = 1e-3
 # Window half-width in σ for a fixed σ: the Gaussian mass beyond 5.5σ on an
@@ -68,8 +73,20 @@ def _window(sigma, stride: int) -> int:
   return max(1, math.ceil(_TRUNCATE * max(float(sigma), _MIN_SIGMA) / stride))
 
 
+def _fixed_sigma(sigma) -> float | None:
+  """σ as a Python float when it is one number known at trace time (Python
+  or NumPy scalar, concrete 0-d array), else None (per-point or traced)."""
+  if isinstance(sigma, jax.core.Tracer):
+    return None
+  value = np.asarray(sigma)
+  if value.ndim != 0 or not np.issubdtype(value.dtype, np.number):
+    return None
+  return float(value)
+
+
 def gaussian_density(points, point_mask, shape, sigma, *, stride: int = 1,
-                     kernel: str = "integrated", scale: float = 1.0):
+                     kernel: str = "integrated", scale: float = 1.0,
+                     method: str = "auto"):
   """Mass-preserving Gaussian density map of one image.
 
   .. math::
@@ -86,22 +103,28 @@ def gaussian_density(points, point_mask, shape, sigma, *, stride: int = 1,
       batch of images (one map each).
     point_mask: bool [N] (or [B, N]), True for real points.
     shape: (h, w) of the density map (density pixels).
-    sigma: a Python number, or float [N] ([B, N]), Gaussian σ in input pixels
-      (fixed σ, or per point from :func:`knn_sigma`). A number takes the
-      windowed path: the kernel is evaluated on the cells within 5.5σ of
-      each point (the mass beyond, 4e-8, is below float32 resolution),
-      equal to the dense product to float32 rounding and O(N σ²/stride²)
-      instead of O(N h w). Pass ``jnp.float32(σ)`` to force the dense path.
+    sigma: one number (Python or NumPy scalar, 0-d array), or float [N]
+      ([B, N]), Gaussian σ in input pixels (fixed σ, or per point from
+      :func:`knn_sigma`).
     stride: input pixels per density pixel.
     kernel: "integrated" or "sampled".
     scale: multiplies the map (cell counting commonly trains on density x100).
+    method: "windowed": the kernel is evaluated on the (2k + 1)² cells within
+      k = ceil(5.5σ / stride) cells of each point (the mass beyond, 4e-8, is
+      below float32 resolution), equal to the dense product to float32
+      rounding and O(N σ²/stride²) instead of O(N h w); needs a fixed σ known
+      at trace time, and a map wider and taller than 2k + 1 cells (smaller
+      maps use the dense product, which is then as cheap). "dense": the
+      [N, h] x [N, w] product for any σ. "auto" (default): "windowed"
+      whenever σ is one concrete number, else "dense".
 
   Returns:
     float32 [h, w] density map ([B, h, w] for batched points); sum = scale x
     (points inside the map).
 
   Raises:
-    ValueError: on a bad ``points`` shape or ``kernel`` name.
+    ValueError: on a bad ``points`` shape, ``kernel`` or ``method`` name, or
+      ``method="windowed"`` with a per-point or traced σ.
   """
   points = jnp.asarray(points, jnp.float32)
   if points.ndim not in (2, 3) or points.shape[-1] != 2:
@@ -110,13 +133,21 @@ def gaussian_density(points, point_mask, shape, sigma, *, stride: int = 1,
   if kernel not in ("integrated", "sampled"):
     raise ValueError(f"kernel must be 'integrated' or 'sampled', "
                      f"got {kernel!r}")
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  fixed = _fixed_sigma(sigma) if method != "dense" else None
+  if method == "windowed" and fixed is None:
+    raise ValueError("method='windowed' needs one fixed sigma known at trace "
+                     "time (a number), got a per-point or traced sigma; use "
+                     "method='dense'")
   batched = points.ndim == 3
   points = points if batched else points[None]
   point_mask = jnp.asarray(point_mask).reshape(points.shape[:2])
   h, w = shape
-  half = _window(sigma, stride) if isinstance(sigma, (int, float)) else None
+  half = None if fixed is None else _window(fixed, stride)
   x, y = points[..., 0], points[..., 1]
-  inside = (x >= 0) & (x < w * stride) & (y >= 0) & (y < h * stride)
+  # Closed region: a point on the right or bottom edge is in the last cell.
+  inside = (x >= 0) & (x <= w * stride) & (y >= 0) & (y <= h * stride)
   weight = (point_mask & inside).astype(jnp.float32) * scale
   sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32),
                            points.shape[:2])

@@ -9,7 +9,8 @@ from scipy import ndimage, spatial, special
 from counting_jax import density, grid
 
 _density = jax.jit(density.gaussian_density,
-                   static_argnames=("shape", "stride", "kernel", "scale"))
+                   static_argnames=("shape", "stride", "kernel", "scale",
+                                    "method"))
 
 
 def _points(rng, n, size):
@@ -110,6 +111,12 @@ def test_grid_conventions():
   np.testing.assert_allclose(grid.cell_centers(3, 8, offset=8), [8, 16, 24])
   np.testing.assert_array_equal(
       grid.cell_index(jnp.array([[7.99, 8.0]]), 8), [[0, 1]])
+  # On the map's right / bottom edge: the last cell, with the map's shape.
+  edge = jnp.array([[24.0, 16.0], [0.0, 16.0], [24.0, 17.0]])
+  np.testing.assert_array_equal(grid.cell_index(edge, 8, shape=(2, 3)),
+                                [[2, 1], [0, 1], [2, 2]])
+  np.testing.assert_array_equal(grid.cell_index(edge, 8),
+                                [[3, 2], [0, 2], [3, 2]])
 
 
 def test_bad_points_shape_raises():
@@ -132,8 +139,8 @@ def test_adaptive_sigma_matches_knn_sigma_with_padding():
 @pytest.mark.parametrize("kernel", ["integrated", "sampled"])
 @pytest.mark.parametrize("stride,sigma", [(1, 1.5), (2, 4.0), (8, 4.0)])
 def test_windowed_fixed_sigma_equals_dense(kernel, stride, sigma):
-  """A Python-number σ takes the ±5.5σ windowed scatter; an array σ the dense
-  product. Same map to float32 rounding, border, outside and padded points
+  """A fixed σ takes the ±5.5σ windowed scatter by default; the dense
+  product is asked for explicitly. Same map to float32 rounding, border, outside and padded points
   included."""
   rng = np.random.default_rng(stride)
   side = 128 // stride
@@ -144,8 +151,8 @@ def test_windowed_fixed_sigma_equals_dense(kernel, stride, sigma):
   mask[5] = False
   windowed = jax.jit(lambda p, m: density.gaussian_density(
       p, m, (side, side), sigma, stride=stride, kernel=kernel))(pts, mask)
-  dense = _density(pts, mask, shape=(side, side), sigma=np.float32(sigma),
-                   stride=stride, kernel=kernel)
+  dense = _density(pts, mask, shape=(side, side), sigma=sigma,
+                   stride=stride, kernel=kernel, method="dense")
   np.testing.assert_allclose(windowed, dense, rtol=0,
                              atol=2e-6 * float(np.max(dense)))
   np.testing.assert_allclose(float(windowed.sum()), 62.0, rtol=1e-5)
@@ -162,8 +169,8 @@ def test_windowed_equals_dense_on_a_flat_map(kernel):
   mask = np.ones(len(pts), bool)
   windowed = density.gaussian_density(pts, mask, (6, 40), 2.0, stride=8,
                                       kernel=kernel)
-  dense = density.gaussian_density(pts, mask, (6, 40), jnp.float32(2.0),
-                                   stride=8, kernel=kernel)
+  dense = density.gaussian_density(pts, mask, (6, 40), 2.0, stride=8,
+                                   kernel=kernel, method="dense")
   np.testing.assert_allclose(windowed, dense, rtol=0,
                              atol=2e-6 * float(np.max(dense)))
   np.testing.assert_allclose(float(windowed.sum()), 33.0, rtol=1e-5)
@@ -198,3 +205,71 @@ def test_median_nearest_distance_and_spacing_sigma():
   assert density.spacing_sigma([lattice], fraction=0.4) == 2.0
   with pytest.raises(ValueError, match="no image has two points"):
     density.median_nearest_distance([np.zeros((1, 2))])
+
+
+def _border_points(h, w):
+  """Points on all four borders and corners of an h x w image (pixels)."""
+  return np.array([[0, h / 2 + 0.5], [w, h / 2 + 0.5], [w / 2 + 0.5, 0],
+                   [w / 2 + 0.5, h], [0, 0], [w, h], [0, h], [w, 0]],
+                  np.float32)
+
+
+@pytest.mark.parametrize("method", ["windowed", "dense"])
+@pytest.mark.parametrize("kernel", ["integrated", "sampled"])
+@pytest.mark.parametrize("stride", [1, 4])
+def test_points_on_every_border_keep_their_mass(method, kernel, stride):
+  """x = 0, x = W, y = 0, y = H (corners too) each carry mass 1, and the map
+  of the flipped points is the flipped map (x -> W - x)."""
+  h, w = 32, 48
+  pts = _border_points(h, w)
+  mask = np.ones(len(pts), bool)
+  run = jax.jit(lambda p, m: density.gaussian_density(
+      p, m, (h // stride, w // stride), 2.0, stride=stride, kernel=kernel,
+      method=method))
+  d = np.asarray(run(pts, mask))
+  np.testing.assert_allclose(d.sum(), len(pts), rtol=1e-5)
+  # Each point's kernel on its own: mass 1 (no point half-counted).
+  for p in pts:
+    np.testing.assert_allclose(
+        float(run(p[None], np.ones(1, bool)).sum()), 1.0,
+        rtol=1e-5)
+  if kernel == "integrated":  # cell edges are symmetric under the flips
+    hflipped = pts * [-1, 1] + [w, 0]
+    vflipped = pts * [1, -1] + [0, h]
+    np.testing.assert_allclose(run(hflipped, mask), d[:, ::-1], atol=2e-6)
+    np.testing.assert_allclose(run(vflipped, mask), d[::-1], atol=2e-6)
+  # Just outside the closed region: no mass.
+  out = np.array([[w + 1e-3, 3.0], [3.0, h + 1e-3], [-1e-3, 3.0]],
+                 np.float32)
+  assert float(run(out, np.ones(3, bool)).sum()) == 0.0
+
+
+def test_method_follows_sigma_value_not_its_python_type(monkeypatch):
+  """Python, NumPy and 0-d JAX σ take the windowed path by default; arrays
+  per point and traced σ the dense one; "windowed" refuses those."""
+  calls = []
+  real = density._windowed
+  monkeypatch.setattr(density, "_windowed",
+                      lambda *a: calls.append(1) or real(*a))
+  pts = np.array([[10.0, 12.0], [30.5, 3.0]], np.float32)
+  mask = np.ones(2, bool)
+  ref = density.gaussian_density(pts, mask, (32, 40), 2.0, method="dense")
+  for sigma in (2.0, 2, np.float32(2.0), np.float64(2.0), jnp.float32(2.0),
+                np.array(2.0, np.float32)):
+    calls.clear()
+    d = density.gaussian_density(pts, mask, (32, 40), sigma)
+    assert calls, type(sigma)
+    np.testing.assert_allclose(d, ref, atol=2e-6)
+  for sigma in (np.full(2, 2.0, np.float32), jnp.full(2, 2.0)):
+    calls.clear()
+    d = density.gaussian_density(pts, mask, (32, 40), sigma)
+    assert not calls
+    np.testing.assert_allclose(d, ref, atol=2e-6)
+    with pytest.raises(ValueError, match="windowed"):
+      density.gaussian_density(pts, mask, (32, 40), sigma, method="windowed")
+  calls.clear()
+  traced = jax.jit(lambda s: density.gaussian_density(pts, mask, (32, 40), s))
+  np.testing.assert_allclose(traced(2.0), ref, atol=2e-6)
+  assert not calls
+  with pytest.raises(ValueError, match="method"):
+    density.gaussian_density(pts, mask, (32, 40), 2.0, method="fast")

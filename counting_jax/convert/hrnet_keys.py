@@ -1,7 +1,7 @@
 """Key maps of HRNet: official HRNet-Image-Classification / timm, PML-HRNet.
 
 Official names (``cls_hrnet.py``, hence ``hrnetv2_w48_imagenet_pretrained.pth``
-and timm ``hrnet_w48``; ``../shared/reference/crowd_losses.md`` section 8):
+and timm ``hrnet_w48``, which copies the official key names):
 stem ``conv1``, ``bn1``, ``conv2``, ``bn2``; ``layer1.{k}`` Bottlenecks;
 ``transition{t}.{i}.{0,1}`` (conv, BN) for a branch whose width changes and
 ``transition{t}.{i}.{j}.{0,1}`` for the stride-2 chain of a new branch;

@@ -2,8 +2,9 @@
 
 torchvision names: ``conv1``, ``bn1``, ``layer{l}.{k}.conv{1,2,3}``,
 ``layer{l}.{k}.bn{1,2,3}``, ``layer{l}.0.downsample.{0,1}`` (1x1 conv, BN),
-``fc.*`` (``../shared/reference/crowd_losses.md`` section 8). The classifier,
-and the layers after ``model.num_layers``, are ignored.
+``fc.*`` (torchvision ``resnet.py``; the stride of a Bottleneck sits on its
+3x3 ``conv2``). The classifier, and the layers after ``model.num_layers``,
+are ignored.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 torchvision numbers ``features`` layers in order (conv, [BN], ReLU per conv,
 one max-pool between blocks): VGG19 convs at 0, 2, 5, 7, 10, ..., 34 (pools
 4, 9, 18, 27, 36); VGG16-bn convs at 0, 3, 7, ..., 40 with BNs right after
-(pools 6, 13, 23, 33, 43). The checkpoints
-(``../shared/reference/crowd_losses.md`` section 8):
+(pools 6, 13, 23, 33, 43). The checkpoints (plain state_dicts, except
+PML's trainer checkpoint ``{'model': state_dict, ...}``; BL, GL and DM-Count
+omit only VGG19's final pool, so their ``features.N`` indices are
+torchvision's; PML-VGG19 splits ``features`` at 27):
 
 * torchvision ImageNet VGG: ``features.N.*`` (+ ``classifier.*``, ignored).
 * BL, GL: ``features.N.*``, ``reg_layer.{0,2,4}.*``.

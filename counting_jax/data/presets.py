@@ -37,10 +37,13 @@ Strides: ``stride`` is the density-map stride (input pixels per density
 pixel), the "downsample ratio" of BL/DM-Count (8; density cell k centred at
 8k + 4 in their code, see ``counting_jax.grid``).
 
-Sources are given as ``repo file:line`` of the commits listed in
-``../shared/reference/crowd_losses.md`` §0 and
-``t2icount_mprompt_segcount.md``; items marked [unverified] were not found in
-an official script.
+Sources are given as ``repo file:line`` at these commits: BL
+ZhihengCV/Bayesian-Crowd-Counting@5f10bfc, DM-Count
+cvlab-stonybrook/DM-Count@cc5f213, GL
+jia-wan/GeneralizedLoss-Counting-Pytorch@4f367fc, PML Elin24/pml@d49bf69,
+P2PNet TencentYoutuResearch/CrowdCounting-P2PNet@5c91a81, T2ICount
+cha15yq/T2ICount@289d3fb; items marked [unverified] were not found in an
+official script.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ key            type                meaning
 image          uint8 [H, W, 3]     RGB (grayscale sources are converted)
 points         float32 [N, 2]      point annotations (x, y), input-image pixels,
                                    continuous: pixel (r, c) spans [c, c+1) x
-                                   [r, r+1) (see ``counting_jax.grid``)
+                                   [r, r+1); the image spans the closed
+                                   [0, W] x [0, H], x = W belonging to the
+                                   last pixel (see ``counting_jax.grid``)
 boxes          float32 [K, 4]      exemplar / head boxes (x1, y1, x2, y2); K may
                                    be 0
 class_name     str                 class name or description ("" when none)

@@ -2,10 +2,16 @@
 
 Each transform maps a sample dict (``counting_jax.data.sample``) to a new one
 and is exact in the continuous pixel convention of ``counting_jax.grid``
-(pixel (r, c) spans [c, c+1) x [r, r+1)): a point on pixel (r, c) before the
-transform lies on the pixel that pixel (r, c) moved to afterwards. Random
-transforms take a ``numpy.random.Generator`` (grain's ``random_map`` passes
-one seeded per element), so runs are reproducible.
+(pixel (r, c) spans [c, c+1) x [r, r+1); an H x W image spans the closed
+[0, W] x [0, H], a point on the right or bottom edge belonging to the last
+pixel): a point on pixel (r, c) before the transform lies on the pixel that
+pixel (r, c) moved to afterwards (a point exactly on an edge between two
+pixels may land on the edge's other side after a flip, the same continuous
+position). Points on the border are kept wherever their pixel stays in the
+image: flips map x = 0 to x = W and back, crops keep a point when its pixel
+is in the crop, resizing maps x = W to x = W' exactly. Random transforms take
+a ``numpy.random.Generator`` (grain's ``random_map`` passes one seeded per
+element), so runs are reproducible.
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ def _with(sample, **fields):
   return out
 
 
+def _pixels(points, h: int, w: int):
+  """int [N, 2] (col, row) pixel of each point of an h x w image: a point on
+  the right or bottom edge belongs to the last column or row."""
+  pix = np.floor(points).astype(np.int64)
+  return np.minimum(pix, np.array([w - 1, h - 1]))
+
+
 def _masks(sample, fn):
   """``{"masks": fn(masks)}`` when the sample holds method masks (float32
   [H, W, C], moved exactly like the image), else ``{}``."""
@@ -32,17 +45,25 @@ def _masks(sample, fn):
 
 
 def crop(sample, top: int, left: int, height: int, width: int):
-  """Crops [top, top+height) x [left, left+width); points outside are removed
-  (they are outside the new image), boxes are clipped and empty ones removed.
+  """Crops pixels [top, top+height) x [left, left+width).
+
+  A point is kept when its pixel is in the crop (a point on the image's right
+  or bottom edge belongs to the last pixel, so a crop reaching that edge keeps
+  it, on its own edge); the others are removed (they are outside the new
+  image). Boxes are clipped and empty ones removed.
+
+  Raises:
+    ValueError: naming the image when the crop is not inside it.
   """
   h, w = sample["image"].shape[:2]
   if not (0 <= top and top + height <= h and 0 <= left and left + width <= w):
     raise ValueError(f"{sample.get('image_id', '?')}: crop {(top, left, height, width)} "
                      f"outside the {h}x{w} image")
   image = sample["image"][top:top + height, left:left + width]
+  pix = _pixels(sample["points"], h, w)
+  keep = ((pix[:, 0] >= left) & (pix[:, 0] < left + width)
+          & (pix[:, 1] >= top) & (pix[:, 1] < top + height))
   pts = sample["points"] - np.array([left, top], np.float32)
-  keep = ((pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0)
-          & (pts[:, 1] < height))
   boxes = sample["boxes"] - np.array([left, top, left, top], np.float32)
   boxes = np.clip(boxes, 0, np.array([width, height, width, height],
                                      np.float32))
@@ -54,7 +75,7 @@ def crop(sample, top: int, left: int, height: int, width: int):
 
 def random_crop(sample, size, rng: np.random.Generator):
   """Uniformly placed crop of ``size`` (h, w); images smaller than ``size``
-  are first zero-padded at the bottom/right (points unchanged)."""
+  are first zero-padded at the bottom/right (:func:`pad_to_size`)."""
   ch, cw = size
   sample = pad_to_size(sample, max(ch, sample["image"].shape[0]),
                        max(cw, sample["image"].shape[1]))
@@ -98,17 +119,21 @@ def random_flip(sample, rng: np.random.Generator, *, horizontal: bool = True,
 
 def resize(sample, height: int, width: int):
   """Bilinear resize to (height, width); points and boxes scaled by the exact
-  per-axis factors (W'/W, H'/H), so point counts never change. Method masks
-  are resized per channel with nearest-neighbour sampling (binary masks
-  stay binary)."""
+  per-axis factors (W'/W, H'/H), so point counts never change (computed in
+  float64, so x = W maps to x = W' exactly and border points stay inside).
+  Method masks are resized per channel with nearest-neighbour sampling
+  (binary masks stay binary).
+  """
   h, w = sample["image"].shape[:2]
   if height <= 0 or width <= 0:
     raise ValueError(f"resize to non-positive size {(height, width)}")
   image = np.asarray(Image.fromarray(sample["image"]).resize(
       (width, height), Image.BILINEAR))
-  sx, sy = width / w, height / h
-  pts = sample["points"] * np.array([sx, sy], np.float32)
-  boxes = sample["boxes"] * np.array([sx, sy, sx, sy], np.float32)
+  new, old = np.array([width, height], np.float64), np.array([w, h],
+                                                             np.float64)
+  pts = np.clip(sample["points"] * new / old, 0.0, new).astype(np.float32)
+  boxes = (sample["boxes"] * np.tile(new, 2) / np.tile(old, 2)).astype(
+      np.float32)
   return _with(sample, image=image, points=pts, boxes=boxes,
                **_masks(sample, lambda m: _resize_masks(m, height, width)))
 
@@ -129,19 +154,33 @@ def random_rescale(sample, scale_range, rng: np.random.Generator):
 
 
 def pad_to_size(sample, height: int, width: int):
-  """Zero-pads at the bottom/right to (height, width); points unchanged."""
+  """Zero-pads at the bottom/right to (height, width).
+
+  Points are unchanged, except that a point on the old right (bottom) edge,
+  x = W (y = H), which belonged to the last image pixel, moves one float32
+  step left (up) so that it stays on that pixel rather than on the padding
+  (``counting_jax.grid``).
+  """
   h, w = sample["image"].shape[:2]
   if (h, w) == (height, width):
     return sample
+  if height < h or width < w:
+    raise ValueError(f"{sample.get('image_id', '?')}: cannot pad the {h}x{w} "
+                     f"image to the smaller {height}x{width}")
   image = np.zeros((height, width, 3), np.uint8)
   image[:h, :w] = sample["image"]
+  pts = sample["points"].astype(np.float32, copy=True)
+  for axis, old, new in ((0, w, width), (1, h, height)):
+    if new > old:
+      edge = pts[:, axis] == old
+      pts[edge, axis] = np.nextafter(np.float32(old), np.float32(0))
 
   def pad(m):
     out = np.zeros((height, width, m.shape[-1]), m.dtype)
     out[:h, :w] = m
     return out
 
-  return _with(sample, image=image, **_masks(sample, pad))
+  return _with(sample, image=image, points=pts, **_masks(sample, pad))
 
 
 def pad_to_multiple(sample, multiple: int):

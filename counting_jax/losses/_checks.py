@@ -41,11 +41,20 @@ def map_images(fn, *batched):
   """``jax.vmap(fn)(*batched)`` over the leading batch axis, except that a
   batch of one calls ``fn`` on the image itself and adds the axis back.
 
-  The result is the same; the reason is speed on CPU: XLA hands large
-  reductions to YNNPACK, which treats an extent-1 axis as a broadcast, so a
-  vmapped batch of one (the official GL trainer's batch) ran DM-Count's
-  Sinkhorn reductions ~5x slower (0.18 ms instead of 0.035 ms per mat-vec on
-  a 64² map with 1,000 points).
+  The result is the same on every backend (the batch-of-one path is
+  checked against the official values in tests/losses/batch_of_one_test.py,
+  the vmapped one in each loss's tests); the reason is speed on XLA:CPU:
+  with XLA's default CPU options, XLA hands large reductions to YNNPACK,
+  which treats an extent-1 axis as a broadcast, so a vmapped batch of one
+  (the official BL / GL trainers' batch) ran DM-Count's Sinkhorn reductions
+  ~5x slower (0.18 ms instead of 0.035 ms per mat-vec on a 64² map with
+  1,000 points). Measured on XLA:CPU (jaxlib 0.10.2, 2 cores), DM-Count's
+  value and gradient on that map, batch of one: 14.5 ms with this path,
+  39.0 ms vmapped (XLA's default options, those of ``benchmarks/
+  losses.py``); equal, 15.7 ms, with the trainer's options
+  (``counting_jax.train.compile_options``, reductions kept in XLA). Calling
+  the per-image function directly costs nothing on other backends, so the
+  path is not behind a backend check.
   """
   if batched[0].shape[0] == 1:
     out = fn(*(x[0] for x in batched))

@@ -50,7 +50,8 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
 
   Empty images: the target is zero, the loss is the (scaled) squared density.
   Source: Lempitsky & Zisserman, NIPS 2010; Zhang et al., MCNN, CVPR 2016.
-  No official crowd repository trains with it (``crowd_losses.md`` §3.1).
+  None of the official BL, DM-Count, GL, PML or P2PNet repositories trains
+  with it.
   """
   _checks.check_inputs(density, points, point_mask)
   if reduction not in ("sum", "mean"):
@@ -62,9 +63,6 @@ def gaussian_l2_loss(density, points, point_mask, *, stride: int, sigma=4.0,
                        f"got {sigma!r}")
     sigma = jax.vmap(lambda p, m: density_lib.adaptive_sigma(
         p, m, k=knn, beta=beta))(points, point_mask)
-  if not isinstance(sigma, (int, float)):  # a number takes the windowed path
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32),
-                             point_mask.shape)
   target = density_lib.gaussian_density(points, point_mask, (h, w), sigma,
                                         stride=stride, kernel=kernel)
   sq = jnp.square(scale * (density.astype(jnp.float32) - target))

@@ -3,8 +3,8 @@
 torchvision VGG19 ``features[0:36]`` (conv5_4 + ReLU, stride 16, 512
 channels) -> x2 upsampling -> conv3x3 512->256 + ReLU -> conv3x3 256->128 +
 ReLU -> conv1x1 128->1 -> output activation. The three papers share it, but
-their code differs in two places (``../shared/reference/crowd_losses.md``
-section 1.11):
+their code differs in two places (the upsampling and the output
+activation):
 
 ============  ==========================================  ==========
 repo          upsampling x2                               activation

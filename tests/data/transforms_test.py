@@ -1,5 +1,7 @@
 """Transforms keep every point on the pixel it annotated."""
 
+import itertools
+
 import grain
 import numpy as np
 import pytest
@@ -86,3 +88,82 @@ def test_random_crop_pads_small_images():
   out = transforms.random_crop(s, (16, 16), np.random.default_rng(0))
   assert out["image"].shape == (16, 16, 3)
   assert len(out["points"]) == len(s["points"])
+
+
+# Points exactly on all four borders and corners of a 10 x 12 image, each on
+# its own pixel (x = W belongs to column W - 1, y = H to row H - 1).
+_H, _W = 10, 12
+_BORDER = np.array([[0, 5.5], [_W, 5.5], [6.5, 0], [6.5, _H], [0, 0],
+                    [_W, _H], [0, _H], [_W, 0]], np.float32)
+
+
+def _border_sample():
+  """Each border point's pixel is marked with the point's id + 1 (red)."""
+  col = np.minimum(np.floor(_BORDER[:, 0]), _W - 1).astype(int)
+  row = np.minimum(np.floor(_BORDER[:, 1]), _H - 1).astype(int)
+  image = np.zeros((_H, _W, 3), np.uint8)
+  image[row, col, 0] = np.arange(1, len(_BORDER) + 1)
+  return sample_lib.make_sample(image, _BORDER, "border")
+
+
+def _check_on_marks(s):
+  """Every point lies on its marked pixel and every mark still in the image
+  has its point: no point lost, none moved off its pixel."""
+  sample_lib.validate_sample(s)  # points inside the closed [0, W] x [0, H]
+  h, w = s["image"].shape[:2]
+  col = np.minimum(np.floor(s["points"][:, 0]), w - 1).astype(int)
+  row = np.minimum(np.floor(s["points"][:, 1]), h - 1).astype(int)
+  ids = s["image"][row, col, 0]
+  assert np.all(ids > 0), s["points"][ids == 0]
+  marks = s["image"][..., 0]
+  assert sorted(ids.tolist()) == sorted(marks[marks > 0].tolist())
+
+
+_FLIPS = {"none": lambda s: s, "h": transforms.hflip, "v": transforms.vflip,
+          "hv": lambda s: transforms.vflip(transforms.hflip(s))}
+
+
+@pytest.mark.parametrize("flip", sorted(_FLIPS))
+def test_border_points_survive_flips_and_crops(flip):
+  s = _FLIPS[flip](_border_sample())
+  _check_on_marks(s)
+  assert len(s["points"]) == len(_BORDER)
+  # A full-size crop keeps every point; crops reaching each edge keep the
+  # points on it; flipping back restores the original points.
+  assert len(transforms.crop(s, 0, 0, _H, _W)["points"]) == len(_BORDER)
+  np.testing.assert_array_equal(_FLIPS[flip](s)["points"], _BORDER)
+  for top, bottom, left, right in itertools.product((0, 4), (6, _H), (0, 5),
+                                                    (7, _W)):
+    out = transforms.crop(s, top, left, bottom - top, right - left)
+    _check_on_marks(out)
+    _check_on_marks(transforms.hflip(out))
+    _check_on_marks(transforms.vflip(out))
+
+
+def test_border_points_survive_padding_then_crops_and_flips():
+  s = transforms.pad_to_multiple(_border_sample(), 8)
+  assert s["image"].shape == (16, 16, 3)
+  _check_on_marks(s)
+  for f in _FLIPS.values():
+    _check_on_marks(f(s))
+  # A crop ending at the old image edge keeps the old edge's points.
+  out = transforms.crop(s, 0, 0, _H, _W)
+  _check_on_marks(out)
+  assert len(out["points"]) == len(_BORDER)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    _check_on_marks(transforms.random_flip(
+        transforms.random_crop(_border_sample(), (13, 14), rng), rng,
+        vertical=True))
+
+
+def test_resize_maps_the_border_onto_the_border():
+  s = _border_sample()
+  for height, width in ((7, 9), (23, 31), (10, 12), (3, 5)):
+    out = transforms.resize(s, height, width)
+    sample_lib.validate_sample(out)
+    np.testing.assert_allclose(out["points"],
+                               _BORDER * np.array([width / _W, height / _H]),
+                               rtol=1e-6)
+    assert np.sum(out["points"][:, 0] == width) == 3
+    assert len(transforms.crop(out, 0, 0, height, width)["points"]) == 8

@@ -12,6 +12,8 @@ finite value and gradient with no points, one point, border points, an
 all-zero and a very large map and bfloat16 input; padded rows (mask False)
 change nothing; an image's aux terms do not depend on the other images of
 the batch; ``jax.vmap`` over an extra leading axis equals a loop.
+P2PNet's loss, on proposals instead of a density map, gets the same checks
+on its own inputs (at the end).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from counting_jax.losses import LOSSES
+from counting_jax.losses import LOSSES, p2pnet_loss
 
 H = W = 8
 B, N = 3, 6
@@ -178,3 +180,112 @@ def test_vmap_over_batches_equals_loop(harness):
   batched = harness.batched(*map(jnp.asarray, stacked))
   looped = [harness.run(*g)[0] for g in groups]
   np.testing.assert_allclose(batched, np.array(looped), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# P2PNet's loss takes proposals (logits and points), not a density map: the
+# same contract on its own inputs. n proposals on a 4 x 4 grid of 8-px cells.
+
+_P2P_SIZE, _P2P_N = 32, 16
+
+
+@pytest.fixture(scope="module")
+def p2p():
+  loss = lambda l, p, y, m: p2pnet_loss(l, p, y, m)
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+  def run(logits, pred, points, mask):
+    (value, aux), grads = grad(*map(jnp.asarray, (logits, pred, points,
+                                                   mask)))
+    return value, aux, grads
+
+  run.batched = jax.jit(jax.vmap(lambda *a: loss(*a)[0]))
+  return run
+
+
+def _p2p_inputs(counts, seed=0):
+  """Proposals near a grid of anchors, and padded GT points."""
+  rng = np.random.default_rng(seed)
+  b = len(counts)
+  anchors = (np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1)
+             .reshape(-1, 2) * 8 + 4).astype(np.float32)
+  pred = (anchors + rng.normal(0, 2, (b, _P2P_N, 2))).astype(np.float32)
+  logits = rng.normal(0, 1.5, (b, _P2P_N, 2)).astype(np.float32)
+  _, points, mask = _inputs(_P2P_SIZE, counts, seed)
+  return logits, pred, points, mask
+
+
+def _p2p_finite(value, aux, grads):
+  _assert_finite(value, aux, grads[0])
+  assert np.isfinite(np.asarray(grads[1], np.float32)).all()
+
+
+@pytest.mark.parametrize("case", ["no_points", "one_point", "border_points",
+                                  "more_points_than_proposals"])
+def test_p2pnet_finite_value_and_gradient(p2p, case):
+  logits, pred, points, mask = _p2p_inputs([N, N, N], seed=1)
+  if case == "no_points":
+    mask[:] = False
+  elif case == "one_point":
+    mask[:, 1:] = False
+  elif case == "border_points":
+    points[:] = np.array([[0, 0], [_P2P_SIZE, 0], [0, _P2P_SIZE],
+                          [_P2P_SIZE, _P2P_SIZE], [_P2P_SIZE / 2, 0],
+                          [0, _P2P_SIZE / 2]], np.float32)
+  elif case == "more_points_than_proposals":
+    logits, pred = logits[:, :4], pred[:, :4]
+  value, aux, grads = p2p(logits, pred, points, mask)
+  assert value.shape == () and value.dtype == jnp.float32
+  for k, v in aux.items():
+    assert v.shape == (B,), (k, v.shape)
+  _p2p_finite(value, aux, grads)
+  assert np.abs(np.asarray(grads[0])).max() > 0
+
+
+def test_p2pnet_bfloat16_input(p2p):
+  logits, pred, points, mask = _p2p_inputs([2, 0, 4], seed=2)
+  value, aux, grads = p2p(logits.astype(jnp.bfloat16),
+                          pred.astype(jnp.bfloat16), points, mask)
+  assert value.dtype == jnp.float32
+  assert grads[0].dtype == grads[1].dtype == jnp.bfloat16
+  _p2p_finite(value, aux, grads)
+  # bfloat16 proposals are the float32 ones rounded: same loss to ~1e-2.
+  ref = p2p(np.asarray(jnp.asarray(logits, jnp.bfloat16), np.float32),
+            np.asarray(jnp.asarray(pred, jnp.bfloat16), np.float32),
+            points, mask)[0]
+  np.testing.assert_allclose(value, ref, rtol=1e-5)
+
+
+def test_p2pnet_padded_points_change_nothing(p2p):
+  logits, pred, points, mask = _p2p_inputs([4, 0, 6], seed=3)
+  base = p2p(logits, pred, points, mask)
+  junk = np.random.default_rng(4).uniform(-_P2P_SIZE, 2 * _P2P_SIZE,
+                                          (B, 5, 2)).astype(np.float32)
+  padded = p2p(logits, pred, np.concatenate([points, junk], 1),
+               np.concatenate([mask, np.zeros((B, 5), bool)], 1))
+  np.testing.assert_allclose(padded[0], base[0], rtol=1e-6)
+  for k in base[1]:
+    np.testing.assert_allclose(padded[1][k], base[1][k], rtol=1e-6)
+  for g, g0 in zip(padded[2], base[2]):
+    np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-9)
+
+
+def test_p2pnet_images_are_independent_in_a_batch(p2p):
+  """Per-image aux terms ignore the other images (the loss itself is
+  normalised over the whole batch, as P2PNet's)."""
+  a = _p2p_inputs([5, 1, 3], seed=5)
+  c = _p2p_inputs([5, 0, 6], seed=6)
+  for x, y in zip(c, a):
+    x[0] = y[0]
+  aux_a, aux_c = p2p(*a)[1], p2p(*c)[1]
+  for k in aux_a:
+    np.testing.assert_allclose(aux_a[k][0], aux_c[k][0], rtol=1e-6)
+
+
+def test_p2pnet_vmap_over_batches_equals_loop(p2p):
+  groups = [_p2p_inputs(c, seed=s) for s, c in ((7, [2, 6, 0]),
+                                                (8, [1, 0, 3]))]
+  stacked = [np.stack(x) for x in zip(*groups)]
+  batched = p2p.batched(*map(jnp.asarray, stacked))
+  looped = [p2p(*g)[0] for g in groups]
+  np.testing.assert_allclose(batched, np.array(looped), rtol=1e-6)

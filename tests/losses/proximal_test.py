@@ -269,3 +269,52 @@ def test_registered_and_bad_input():
     pml_loss(d, p, m, stride=2, count_norm="l3")
   with pytest.raises(ValueError, match="points"):
     pml_loss(d, p[..., :1], m, stride=2)
+
+
+def _official_nearest(points, h, w, stride, offset):
+  """PML's nearest point as its official code finds it: the float32 norm of
+  (pixel - point), rounded as PyTorch's CPU kernel does (sqrt(fma(dx, dx,
+  dy²)), checked bit for bit against ``torch.norm`` on this machine), then
+  the strict argmin (first index on an exact tie)."""
+  yy, xx = np.meshgrid(stride * np.arange(h) + offset,
+                       stride * np.arange(w) + offset, indexing="ij")
+  pix = np.stack([xx.ravel(), yy.ravel()], -1).astype(np.float32)
+  diff = pix[:, None] - points[None].astype(np.float32)  # float32
+  dx, dy = diff[..., 0], diff[..., 1]
+  d = np.sqrt((dx.astype(np.float64) ** 2 + (dy * dy).astype(np.float64))
+              .astype(np.float32))
+  return d.argmin(1), d.min(1)
+
+
+@pytest.mark.parametrize("blocks", [(None, 4096), (7, 1), (5, 2), (64, 3)])
+def test_near_equidistant_points_break_ties_as_official(blocks):
+  """Points 1 and 2 are 3 ulps apart in distance from the pixels of the
+  column between them (resolvable in float32: the official code picks point
+  2; the former 2^-20 relative margin on squared distances picked 1); points
+  3 and 4 are mirror images (exact ties: the first index wins), and 5 and 6
+  duplicates."""
+  ulp = np.spacing(np.float32(10.0))
+  pts = np.array([[44.0, 44.0],
+                  [20.5 - 10.0 - 3 * ulp, 15.0], [20.5 + 10.0, 15.0],
+                  [40.5 - 3.0, 5.0], [40.5 + 3.0, 5.0],
+                  [2.25, 28.0], [2.25, 28.0]], np.float32)
+  mask = np.array([False] + [True] * 6)
+  h, w = 16, 24
+  ref_j, ref_d = _official_nearest(pts[1:], h, w, STRIDE, 0.5)
+  ref_j = ref_j + 1
+  # The near-ties resolve differently under the former rule.
+  yy, xx = np.meshgrid(STRIDE * np.arange(h) + 0.5,
+                       STRIDE * np.arange(w) + 0.5, indexing="ij")
+  pix = np.stack([xx.ravel(), yy.ravel()], -1)
+  d2 = ((pix[:, None] - pts[None, 1:].astype(np.float64)) ** 2).sum(-1)
+  old = 1 + np.argmax(d2 <= d2.min(1, keepdims=True) * (1 + 2.0**-20), 1)
+  assert np.sum((old == 1) & (ref_j == 2)) >= 8
+  assert np.sum(ref_j == 3) > np.sum(ref_j == 4)  # the mirror column
+  block_pixels, block_points = blocks
+  idx, dist = jax.jit(lambda p, m: nearest_points(
+      p, m, (h, w), stride=STRIDE, offset=0.5, block_pixels=block_pixels,
+      block_points=block_points))(pts, mask)
+  np.testing.assert_array_equal(idx, ref_j)
+  # Bit for bit on XLA:CPU with FMA; one float32 step allowed elsewhere.
+  np.testing.assert_allclose(dist, ref_d, rtol=2.0**-23)
+  assert 6 not in np.asarray(idx)

@@ -5,7 +5,7 @@ weights give the same outputs:
 
 * ``conv``: ``nn.Conv`` with PyTorch's symmetric explicit padding (Flax
   "SAME" pads (0, 1) for stride-2 3x3 convs on even inputs, PyTorch (1, 1)),
-  and a faster CPU kernel gradient for 3x3 convs
+  and, on CPU only, a faster kernel gradient for 3x3 convs
   (:func:`conv_general_dilated`).
 * ``batch_norm``: ``nn.BatchNorm`` with PyTorch's epsilon 1e-5; ``momentum``
   is Flax's (PyTorch momentum m is Flax momentum 1 - m).
@@ -14,14 +14,23 @@ weights give the same outputs:
   interpolation matrices (exact for up- and down-sampling).
 * ``upsample_nearest``: ``F.interpolate(scale_factor=k)`` (nearest), a repeat.
 * ``pixel_shuffle``: ``nn.PixelShuffle(r)``.
-* ``max_pool2``: ``nn.MaxPool2d(2, 2)`` (odd sizes floored) as a reshape +
-  max, whose gradient is ~5x faster on CPU than that of ``nn.max_pool``
-  (XLA's select-and-scatter). At ties the gradient is split equally where
-  PyTorch routes it to the first maximum; after a ReLU, ties are zeros whose
-  gradient is zero either way.
+* ``max_pool2``: ``nn.MaxPool2d(2, 2)`` (odd sizes floored): ``nn.max_pool``,
+  or on CPU a reshape + max whose gradient is faster there.
+
+CPU tricks: the 3x3 kernel gradient and the reshape max-pool are tuned for
+XLA:CPU and used only where :func:`cpu_tricks_enabled` says so: by default
+when ``jax.default_backend() == "cpu"``; ``with cpu_tricks(False):`` (or
+True) around the tracing of a model overrides it, and the functions take an
+explicit flag. Both paths give the same values and gradients (tested); the
+standard path also supports forward-mode differentiation (``jax.jvp``), the
+3x3 kernel gradient, a ``jax.custom_vjp``, does not.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
 
 import flax.linen as nn
 import jax
@@ -38,7 +47,34 @@ __all__ = [
     "pixel_shuffle",
     "max_pool2",
     "check_image",
+    "cpu_tricks",
+    "cpu_tricks_enabled",
 ]
+
+_CPU_TRICKS = contextvars.ContextVar("counting_jax_cpu_tricks", default=None)
+
+
+@contextlib.contextmanager
+def cpu_tricks(enabled: bool | None):
+  """Within the block, models trace with the CPU tricks on (True), off
+  (False) or on only when ``jax.default_backend() == "cpu"`` (None, the
+  default outside any block). Applies at trace time: jit inside the block.
+  """
+  token = _CPU_TRICKS.set(enabled)
+  try:
+    yield
+  finally:
+    _CPU_TRICKS.reset(token)
+
+
+def cpu_tricks_enabled(flag: bool | None = None) -> bool:
+  """``flag`` if given, else the innermost :func:`cpu_tricks` setting, else
+  whether JAX's default backend is the CPU."""
+  if flag is None:
+    flag = _CPU_TRICKS.get()
+  if flag is None:
+    return jax.default_backend() == "cpu"
+  return bool(flag)
 
 # PyTorch's default conv/linear weight init (kaiming_uniform, a=sqrt(5)) is
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1 / (3 fan_in).
@@ -100,25 +136,36 @@ _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, precision=None):
-  """``lax.conv_general_dilated`` with a faster CPU gradient for 3x3 convs.
+                         feature_group_count=1, precision=None, *,
+                         cpu_kernel_grad: bool | None = None):
+  """``lax.conv_general_dilated``, with a CPU kernel gradient for 3x3 convs.
 
-  For stride-1, padding-1, undilated, ungrouped NHWC 3x3 convs (all of VGG)
-  the kernel gradient is computed as matrix products of row blocks of
-  im2col patches with the output gradient (:func:`_kernel_grad`), which
-  XLA:CPU runs several times faster than its generic backward-filter
-  convolution (measured 3-5x at 512x512x64); the forward pass and the input
-  gradient are XLA's. Other convs go to ``lax.conv_general_dilated``
-  unchanged. Gradients equal XLA's to ~1e-5 relative. Being a
-  ``jax.custom_vjp``, it supports reverse-mode differentiation only (no
-  ``jax.jvp`` / ``jax.jacfwd``).
+  With ``cpu_kernel_grad`` (default: :func:`cpu_tricks_enabled`, i.e. on
+  the CPU backend), stride-1, padding-1, undilated, ungrouped NHWC 3x3
+  convs (all of VGG) compute their kernel gradient as matrix products of
+  row blocks of im2col patches with the output gradient
+  (:func:`_kernel_grad`); the forward pass and the input gradient are
+  XLA's. What it buys, XLA:CPU (jaxlib 0.10, 2 cores), one 3x3 conv
+  64->64 channels at 512x512, batch 1, value and gradient: 1.9x with XLA's
+  default CPU options, whose YNNPACK backward-filter convolution it
+  replaces (442 vs 820 ms), 1.09x with the trainer's options
+  (``counting_jax.train.compile_options``: 445 vs 485 ms); at 128x128 it
+  is slower with the trainer's options (63 vs 49 ms, batch 2). For the
+  whole BL VGG19 counter (``benchmarks/models.py --batch 2 --cpu-tricks``,
+  512x512, trainer's options) the two tricks together give 0.376 instead
+  of 0.358 images/s forward + backward (1.05x; forward unchanged). Gradients
+  equal XLA's to ~1e-5 relative. Being a ``jax.custom_vjp``, that path
+  supports reverse-mode differentiation only (no ``jax.jvp`` /
+  ``jax.jacfwd``); other convs, and every conv without the flag, are
+  ``lax.conv_general_dilated`` unchanged.
   """
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-  fast = (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and
+  fast = (cpu_tricks_enabled(cpu_kernel_grad) and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and
           [tuple(p) for p in padding] == [(1, 1), (1, 1)] and
           lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
           and feature_group_count == 1 and precision is None and
-          dimension_numbers == nhwc)
+          dimension_numbers is not None and lax.conv_dimension_numbers(
+              lhs.shape, rhs.shape, dimension_numbers) == nhwc)
   if fast:
     return _conv3x3(lhs, rhs)
   return lax.conv_general_dilated(
@@ -130,17 +177,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = True,
          dtype=jnp.float32, name: str | None = None,
          kernel_init=nn.initializers.kaiming_normal(),
-         bias_init=nn.initializers.zeros) -> nn.Conv:
+         bias_init=nn.initializers.zeros,
+         cpu_kernel_grad: bool | None = None) -> nn.Conv:
   """A square ``kernel`` conv padded by kernel // 2 on every side (PyTorch).
 
   Returns an unbound ``nn.Conv`` (float32 params, ``dtype`` compute); call it
-  inside a compact method.
+  inside a compact method. ``cpu_kernel_grad``: see
+  :func:`conv_general_dilated` (default: on the CPU backend only).
   """
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias,
                  dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
-                 conv_general_dilated=conv_general_dilated,
+                 conv_general_dilated=functools.partial(
+                     conv_general_dilated, cpu_kernel_grad=cpu_kernel_grad),
                  name=name)
 
 
@@ -198,9 +248,22 @@ def pixel_shuffle(x, r: int):
   return x.reshape(b, h * r, w * r, c)
 
 
-def max_pool2(x):
-  """2x2 max-pool, stride 2, of [B, H, W, C] -> [B, H // 2, W // 2, C]."""
+def max_pool2(x, *, reshape: bool | None = None):
+  """2x2 max-pool, stride 2, of [B, H, W, C] -> [B, H // 2, W // 2, C].
+
+  ``nn.max_pool``, or with ``reshape`` (default: :func:`cpu_tricks_enabled`,
+  i.e. on the CPU backend) a reshape + max: the same values, and a gradient
+  that XLA:CPU runs faster than ``nn.max_pool``'s select-and-scatter
+  (jaxlib 0.10.2, 2 cores, trainer's options: 4.8x for the gradient of a
+  [2, 512, 512, 64] pool, 111 vs 531 ms; ``benchmarks/models.py
+  --cpu-tricks`` for the whole counter). At ties (equal maxima in a window) the reshape's
+  gradient is split equally among them, where ``nn.max_pool`` and PyTorch
+  route it to one; after a ReLU, ties are zeros whose gradient is zero
+  either way.
+  """
   b, h, w, c = x.shape
+  if not cpu_tricks_enabled(reshape):
+    return nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
   x = x[:, :h // 2 * 2, :w // 2 * 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,18 +72,20 @@ def test_check_image():
     _ops.check_image(jnp.zeros((1, 32, 48, 3)), 32, "M")
 
 
+@pytest.mark.parametrize("reshape", [True, False], ids=["cpu", "standard"])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 5)])
-def test_max_pool2_matches_torch(shape):
+def test_max_pool2_matches_torch(shape, reshape):
   x = torch.randn(shape, generator=torch.Generator().manual_seed(1),
                   requires_grad=True)
   y = F.max_pool2d(x, 2, 2)
   weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
   (y * weights).sum().backward()
-  np.testing.assert_array_equal(_ops.max_pool2(_nchw_to_nhwc(x.detach())),
-                                y.detach().permute(0, 2, 3, 1).numpy())
-  grad = jax.grad(lambda v: (_ops.max_pool2(v) * _nchw_to_nhwc(
-      weights)).sum())(
-          _nchw_to_nhwc(x.detach()))
+  np.testing.assert_array_equal(
+      _ops.max_pool2(_nchw_to_nhwc(x.detach()), reshape=reshape),
+      y.detach().permute(0, 2, 3, 1).numpy())
+  grad = jax.grad(lambda v: (_ops.max_pool2(v, reshape=reshape)
+                             * _nchw_to_nhwc(weights)).sum())(
+                                 _nchw_to_nhwc(x.detach()))
   np.testing.assert_array_equal(grad, x.grad.permute(0, 2, 3, 1).numpy())
 
 
@@ -103,8 +107,8 @@ def test_conv_gradients_match_lax(kernel, stride, budget, monkeypatch):
     y = fn(x, k, (stride, stride), pad, dimension_numbers=dn)
     return (y * dy[:, :y.shape[1], :y.shape[2]]).sum()
 
-  ours = jax.jit(jax.grad(lambda x, k: loss(_ops.conv_general_dilated, x, k),
-                          (0, 1)))(x, k)
+  cpu = functools.partial(_ops.conv_general_dilated, cpu_kernel_grad=True)
+  ours = jax.jit(jax.grad(lambda x, k: loss(cpu, x, k), (0, 1)))(x, k)
   ref = jax.jit(jax.grad(lambda x, k: loss(jax.lax.conv_general_dilated, x,
                                            k), (0, 1)))(x, k)
   for a, b in zip(ours, ref):
