@@ -1,0 +1,16 @@
+"""Localization: points from density maps (local maxima, OT-M).
+
+Both functions take a batch of density maps [B, h, w] and return a
+:class:`Localization` (points [B, K, 2] (x, y) in input-image pixels, a mask
+and the number of points found), jit-compiled with K a static bound.
+:func:`localize_images` runs a density model over image files and writes the
+points (JSON, NWPU submission format) and panels.
+"""
+
+from __future__ import annotations
+
+from counting_jax.localization._otm import ot_m
+from counting_jax.localization._peaks import local_maxima
+from counting_jax.localization._types import Localization
+
+__all__ = ["Localization", "local_maxima", "ot_m"]
