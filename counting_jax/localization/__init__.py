@@ -9,8 +9,13 @@ points (JSON, NWPU submission format) and panels.
 
 from __future__ import annotations
 
+from counting_jax.localization._images import (
+    METHODS, localize_density, localize_images, nwpu_integer_points,
+    save_points_panel)
 from counting_jax.localization._otm import ot_m
 from counting_jax.localization._peaks import local_maxima
 from counting_jax.localization._types import Localization
 
-__all__ = ["Localization", "local_maxima", "ot_m"]
+__all__ = ["METHODS", "Localization", "local_maxima", "localize_density",
+           "localize_images", "nwpu_integer_points", "ot_m",
+           "save_points_panel"]

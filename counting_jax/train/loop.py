@@ -31,10 +31,11 @@ from jax.experimental import multihost_utils
 
 from counting_jax import data as data_lib
 from counting_jax import density as density_lib
+from counting_jax import localization as localization_lib
 from counting_jax import losses as losses_lib
 from counting_jax import metrics as metrics_lib
 from counting_jax import models as models_lib
-from counting_jax.data import pipeline
+from counting_jax.data import pipeline, transforms
 from counting_jax.train import checkpoint, optim, panels, pretrained, sharding
 from counting_jax.train import compile_options
 from counting_jax.train import predict as predict_lib
@@ -298,7 +299,7 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
   panel_dir.mkdir(parents=True, exist_ok=True)
   n_panels = config.get("num_panels", 4)
   mine = list(range(jax.process_index(), len(source), jax.process_count()))
-  rows = []
+  rows, loc_pred, loc_true = [], [], []
   for batch in pipeline.eval_batches(
       source, batch_size=inp.eval_batch_size,
       pad_multiple=_pad_multiple(config), mean=inp.mean, std=inp.std,
@@ -310,6 +311,9 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
       index = mine[len(rows)]
       rows.append((index, float(dens[b].sum()), float(batch["count"][b]),
                    str(batch["image_id"][b])))
+      loc_pred.append(localization_lib.localize_density(
+          dens[b], stride=model.stride, **_eval_localization(config)[1])[0])
+      loc_true.append(batch["points"][b][batch["point_mask"][b]])
       if index >= n_panels:
         continue
       target = density_lib.gaussian_density(
@@ -324,6 +328,7 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
   _, preds, trues, ids = zip(*rows)
   result = metrics_lib.counting_metrics(list(preds), list(trues))
   result["step"] = int(np.asarray(sharding.local_copy(state.step)))
+  result.update(_localization_result(config, loc_pred, loc_true))
   if jax.process_index() == 0:
     (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
     (workdir / "counts.json").write_text(json.dumps(
@@ -336,12 +341,83 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
           f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
           f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
           f"({result['n']} images)")
+    if "loc_f1" in result:
+      print(f"localization ({result['loc_method']}, radius "
+            f"{result['loc_radius']:g} px): F1 {result['loc_f1']:.4f}  "
+            f"precision {result['loc_precision']:.4f}  "
+            f"recall {result['loc_recall']:.4f}")
     published = config.get("published")
     if published:
       print("published (" + config.get("published_protocol", "") + "):")
       for name, value in published:
         print(f"  {name:<36} {value}")
   return result
+
+
+def _eval_localization(config):
+  """(radius, localize_density kwargs) of ``eval``'s localization report.
+
+  Config keys (all optional): ``eval_loc_radius`` (matching radius in input
+  pixels, default 8), ``eval_loc_method`` (default "local_maxima"),
+  ``eval_loc_threshold`` (local maxima: absolute peak threshold in count
+  units per density pixel, default 0.05), ``eval_loc_max_points`` (4096).
+  """
+  method = config.get("eval_loc_method", "local_maxima")
+  kwargs = {"method": method,
+            "max_points": config.get("eval_loc_max_points", 4096)}
+  if method == "local_maxima":
+    kwargs["threshold"] = config.get("eval_loc_threshold", 0.05)
+  return float(config.get("eval_loc_radius", 8.0)), kwargs
+
+
+def _localization_result(config, loc_pred, loc_true) -> dict:
+  """Precision/recall/F1 at a fixed radius over all processes' images
+  (empty when the test split has no points)."""
+  radius, kwargs = _eval_localization(config)
+  m = metrics_lib.localization_metrics_fixed_radius(loc_pred, loc_true, radius)
+  counts = np.array([m["tp"], m["fp"], m["fn"]], np.int64)
+  if jax.process_count() > 1:
+    counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+  tp, fp, fn = (int(v) for v in counts)
+  if tp + fn == 0:
+    return {}
+  p, r = tp / (tp + fp + 1e-20), tp / (tp + fn + 1e-20)
+  return {"loc_precision": p, "loc_recall": r,
+          "loc_f1": 2 * p * r / (p + r) if p + r > 0 else 0.0,
+          "loc_radius": radius, "loc_method": kwargs["method"]}
+
+
+def localize(config, workdir, images_dir, out_dir,
+             method: str = "local_maxima") -> dict:
+  """``counting-jax localize``: points of every image of ``images_dir`` from
+  the newest checkpoint's density maps (``localization.localize_images``:
+  per-image JSON, ``nwpu_pred.txt`` for integer file names, panels)."""
+  files = predict_lib.list_images(images_dir)
+  model, state = _restore_for_eval(config, workdir)
+  fn = predict_lib.make_predict_fn(step_lib.make_eval_step(
+      model.apply, density_scale=config.density_scale,
+      use_ema=_ema_decay(config) is not None), state,
+      _compiler_options(config))
+  multiple = _pad_multiple(config)
+
+  def density_fn(image):
+    sample = transforms.pad_to_multiple(
+        {"image": image, "points": np.zeros((0, 2), np.float32),
+         "boxes": np.zeros((0, 4), np.float32)}, multiple)
+    x = pipeline.normalize(sample["image"], config.input.mean,
+                           config.input.std)[None]
+    return predict_lib.predict_densities(fn, x, stride=model.stride,
+                                         multiple=multiple,
+                                         **_tiling(config))[0]
+
+  _, kwargs = _eval_localization(config)
+  kwargs.pop("method")
+  if method != "local_maxima":
+    kwargs.pop("threshold", None)
+  max_points = kwargs.pop("max_points")
+  return localization_lib.localize_images(
+      density_fn, files, out_dir, stride=model.stride, method=method,
+      max_points=max_points, method_kwargs=kwargs)
 
 
 def predict(config, workdir, images_dir, out_dir) -> dict:
