@@ -15,6 +15,7 @@ from counting_jax.metrics._localization import (
     nwpu_localization_metrics,
 )
 from counting_jax.metrics.nwpu_files import (
+    NwpuGroundTruth,
     read_nwpu_gt,
     read_nwpu_pred,
     write_nwpu_gt,
@@ -23,6 +24,7 @@ from counting_jax.metrics.nwpu_files import (
 
 __all__ = [
     "NUM_LEVELS",
+    "NwpuGroundTruth",
     "NWPU_VAL_IDS",
     "counting_metrics",
     "localization_metrics_fixed_radius",
