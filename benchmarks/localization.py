@@ -154,8 +154,9 @@ def bench_otm(shared, repeats):
       t0 = time.perf_counter()
       jax.block_until_ready(run(density))
       times.append(time.perf_counter() - t0)
-    print(f"{width}x{height:<5}{stride:>8}{density.shape[2]}x"
-          f"{density.shape[1]:<6}{k:>6}{np.median(times):>10.2f}")
+    size = f"{width}x{height}"
+    shape = f"{density.shape[2]}x{density.shape[1]}"
+    print(f"{size:>10}{stride:>8}{shape:>10}{k:>8}{np.median(times):>10.2f}")
 
 
 def main():

@@ -312,7 +312,8 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
       rows.append((index, float(dens[b].sum()), float(batch["count"][b]),
                    str(batch["image_id"][b])))
       loc_pred.append(localization_lib.localize_density(
-          dens[b], stride=model.stride, **_eval_localization(config)[1])[0])
+          dens[b], stride=model.stride,
+          **_eval_localization(config, model.stride)[1])[0])
       loc_true.append(batch["points"][b][batch["point_mask"][b]])
       if index >= n_panels:
         continue
@@ -328,7 +329,8 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
   _, preds, trues, ids = zip(*rows)
   result = metrics_lib.counting_metrics(list(preds), list(trues))
   result["step"] = int(np.asarray(sharding.local_copy(state.step)))
-  result.update(_localization_result(config, loc_pred, loc_true))
+  result.update(_localization_result(config, model.stride, loc_pred,
+                                     loc_true))
   if jax.process_index() == 0:
     (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
     (workdir / "counts.json").write_text(json.dumps(
@@ -354,26 +356,30 @@ def evaluate(config, workdir, *, state=None, model=None, writer=None) -> dict:
   return result
 
 
-def _eval_localization(config):
+def _eval_localization(config, stride):
   """(radius, localize_density kwargs) of ``eval``'s localization report.
 
   Config keys (all optional): ``eval_loc_radius`` (matching radius in input
   pixels, default 8), ``eval_loc_method`` (default "local_maxima"),
-  ``eval_loc_threshold`` (local maxima: absolute peak threshold in count
-  units per density pixel, default 0.05), ``eval_loc_max_points`` (4096).
+  ``eval_loc_threshold`` (local maxima: peak threshold in count units per
+  density pixel; default half the peak of a unit Gaussian of
+  ``eval_loc_sigma`` = 4 input pixels on the stride grid,
+  0.5 * min(1, stride^2 / (2 pi sigma^2))), ``eval_loc_max_points`` (4096).
   """
   method = config.get("eval_loc_method", "local_maxima")
   kwargs = {"method": method,
             "max_points": config.get("eval_loc_max_points", 4096)}
   if method == "local_maxima":
-    kwargs["threshold"] = config.get("eval_loc_threshold", 0.05)
+    sigma = config.get("eval_loc_sigma", 4.0)
+    default = 0.5 * min(1.0, stride ** 2 / (2 * np.pi * sigma ** 2))
+    kwargs["threshold"] = config.get("eval_loc_threshold", default)
   return float(config.get("eval_loc_radius", 8.0)), kwargs
 
 
-def _localization_result(config, loc_pred, loc_true) -> dict:
+def _localization_result(config, stride, loc_pred, loc_true) -> dict:
   """Precision/recall/F1 at a fixed radius over all processes' images
   (empty when the test split has no points)."""
-  radius, kwargs = _eval_localization(config)
+  radius, kwargs = _eval_localization(config, stride)
   m = metrics_lib.localization_metrics_fixed_radius(loc_pred, loc_true, radius)
   counts = np.array([m["tp"], m["fp"], m["fn"]], np.int64)
   if jax.process_count() > 1:
@@ -410,7 +416,7 @@ def localize(config, workdir, images_dir, out_dir,
                                          multiple=multiple,
                                          **_tiling(config))[0]
 
-  _, kwargs = _eval_localization(config)
+  _, kwargs = _eval_localization(config, model.stride)
   kwargs.pop("method")
   if method != "local_maxima":
     kwargs.pop("threshold", None)
