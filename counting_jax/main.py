@@ -93,7 +93,8 @@ def run():
     from counting_jax.convert import cli  # pylint: disable=g-import-not-at-top
     sys.exit(cli.main(argv[1:]))
   if command == "localization-metrics":
-    from counting_jax.localization import cli as loc_cli  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from counting_jax.localization import cli as loc_cli
     sys.exit(loc_cli.main(argv[1:]))
   _config_root_on_path(argv)
   app.run(lambda a: _main(command, a), argv=argv)

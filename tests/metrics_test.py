@@ -1,11 +1,14 @@
-"""Counting metrics against hand-computed values (Seg-then-Count §4.2)."""
+"""Counting metrics against hand-computed values (Seg-then-Count §4.2);
+the NWPU-Crowd localization metric against the official evaluation."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from counting_jax import metrics
+from counting_jax.localization import cli as loc_cli
 
 
 def test_values_match_definitions():
@@ -34,10 +37,6 @@ def test_rejects_mismatched_or_empty():
 
 
 # NWPU-Crowd localization metric ------------------------------------------
-
-import json  # noqa: E402
-
-from counting_jax.localization import cli as loc_cli  # noqa: E402
 
 _GOLDEN = {  # the official eval.py on the repository's files (issue #11)
     "Raz_loc_val_0.5.txt": {
