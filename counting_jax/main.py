@@ -1,10 +1,15 @@
-"""The ``counting-jax`` command: train, eval, predict, convert.
+"""The ``counting-jax`` command: train, eval, predict, localize, convert,
+localization-metrics.
 
   counting-jax train   --config configs/cells.py --workdir runs/cells
   counting-jax eval    --config configs/cells.py --workdir runs/cells
   counting-jax predict --config configs/cells.py --workdir runs/cells \
                        --images DIR --out DIR [--text T] [--exemplars B.json]
+  counting-jax localize --config configs/cells.py --workdir runs/cells \
+                        --images DIR --out DIR [--method local_maxima|ot_m]
   counting-jax convert --checkpoint W.pth --model NAME --out DIR
+  counting-jax localization-metrics --gt GT.txt --pred PRED.txt \
+                                    [--json OUT.json]
 
 Config fields are overridden on the command line (``--config.total_steps=50``)
 and config files take arguments (``--config configs/cells.py:model=fcrn_a``).
@@ -18,18 +23,24 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_COMMANDS = ("train", "eval", "predict", "convert")
+_COMMANDS = ("train", "eval", "predict", "localize", "convert",
+             "localization-metrics")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder.")
-_IMAGES = flags.DEFINE_string("images", None, "predict: folder of images.")
-_OUT = flags.DEFINE_string("out", None, "predict: output folder.")
+_IMAGES = flags.DEFINE_string("images", None,
+                              "predict, localize: folder of images.")
+_OUT = flags.DEFINE_string("out", None, "predict, localize: output folder.")
+_METHOD = flags.DEFINE_enum("method", "local_maxima",
+                            ["local_maxima", "ot_m"],
+                            "localize: points by local maxima or OT-M.")
 _TEXT = flags.DEFINE_string(
-    "text", None, "eval/predict: text prompt naming what to count "
+    "text", None, "eval/predict/localize: text prompt naming what to count "
     "(text-guided methods; replaces the test images' class names in eval).")
 _EXEMPLARS = flags.DEFINE_string(
-    "exemplars", None, "eval/predict: JSON file {\"<image name>\": [[x1, y1, "
-    "x2, y2], ...]} of exemplar boxes in input pixels (exemplar methods).")
+    "exemplars", None, "eval/predict/localize: JSON file {\"<image name>\": "
+    "[[x1, y1, x2, y2], ...]} of exemplar boxes in input pixels (exemplar "
+    "methods).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "Multi-process: host:port of process 0 (or "
     "$JAX_COORDINATOR_ADDRESS; auto-detected under Slurm/Open MPI/TPU).")
@@ -60,6 +71,11 @@ def _main(command, argv):
       raise app.UsageError("predict needs --images and --out")
     predict.predict_folder(_CONFIG.value, _WORKDIR.value, _IMAGES.value,
                            _OUT.value, **user_inputs)
+  elif command == "localize":
+    if not _IMAGES.value or not _OUT.value:
+      raise app.UsageError("localize needs --images and --out")
+    loop.localize(_CONFIG.value, _WORKDIR.value, _IMAGES.value, _OUT.value,
+                  _METHOD.value, **user_inputs)
 
 
 def _config_root_on_path(argv):
@@ -85,6 +101,10 @@ def run():
   if command == "convert":
     from counting_jax.convert import cli  # pylint: disable=g-import-not-at-top
     sys.exit(cli.main(argv[1:]))
+  if command == "localization-metrics":
+    # pylint: disable-next=g-import-not-at-top
+    from counting_jax.localization import cli as loc_cli
+    sys.exit(loc_cli.main(argv[1:]))
   _config_root_on_path(argv)
   app.run(lambda a: _main(command, a), argv=argv)
 

@@ -74,6 +74,49 @@ def test_predict_counts_a_folder(trained):
   assert (out / "101cell_density.png").is_file()
 
 
+def test_eval_reports_localization_at_a_fixed_radius(trained):
+  _, workdir, _, proc = trained
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["loc_radius"] == 8.0
+  assert 0.0 <= metrics["loc_f1"] <= 1.0
+  assert "localization (local_maxima, radius 8 px)" in proc.stdout
+
+
+def test_localize_writes_points_and_panels(trained):
+  tmp, workdir, data_dir, _ = trained
+  images = tmp / "loc_images"
+  images.mkdir()
+  from counting_jax.data import vgg_cells  # pylint: disable=g-import-not-at-top
+  shutil.copy(vgg_cells.DEFAULT_ROOT / "101cell.png", images / "101cell.png")
+  out = tmp / "loc"
+  proc = _run("localize", "--config", CONFIG, f"--workdir={workdir}",
+              f"--images={images}", f"--out={out}", "--method=local_maxima",
+              env_extra=data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((out / "101cell.json").read_text())
+  assert record["method"] == "local_maxima"
+  assert len(record["points"]) == record["count"]
+  assert (out / "101cell_points.png").is_file()
+  assert not (out / "nwpu_pred.txt").exists()  # file names are not ids
+
+
+def test_localization_metrics_command(tmp_path):
+  (tmp_path / "gt.txt").write_text("1 2 10 10 4 6 2 40 40 4 6 3\n2 0\n")
+  (tmp_path / "pred.txt").write_text("1 2 12 10 90 90\n2 1 5 5\n")
+  proc = _run("localization-metrics", "--gt", str(tmp_path / "gt.txt"),
+              "--pred", str(tmp_path / "pred.txt"), "--json",
+              str(tmp_path / "out.json"), env_extra="")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "out.json").read_text())
+  assert result["sigma_l"]["precision"] == pytest.approx(1 / 3)
+  assert result["sigma_l"]["recall"] == pytest.approx(1 / 2)
+  assert result["sigma_l"]["level_recall"][2:4] == [1.0, 0.0]
+  assert result["counting"]["mae"] == pytest.approx(0.5)
+  proc = _run("localization-metrics", "--gt", str(tmp_path / "gt.txt"),
+              "--pred", str(tmp_path / "missing.txt"), env_extra="")
+  assert proc.returncode == 2 and "missing.txt" in proc.stderr
+
+
 def test_bad_command_prints_usage():
   proc = _run("fly", env_extra="")
   assert proc.returncode == 2 and "counting-jax train" in proc.stdout

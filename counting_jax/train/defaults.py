@@ -21,6 +21,8 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``published``, ``published_protocol``, ``published_dataset``: a results
   table and the data set fields it was measured on
   (``counting_jax.train.published``).
+- ``eval_loc_*``: the localization that ``eval`` reports next to the
+  counts (``loop._eval_localization``).
 - ``init_checkpoint``, ``num_panels``, ``panel_sigma``, ``quiet``.
 """
 
@@ -47,6 +49,11 @@ DEFAULTS = {
     "published_protocol": "",
     "published_dataset": {},
     "quiet": False,
+    "eval_loc_method": "local_maxima",
+    "eval_loc_radius": 8.0,
+    "eval_loc_sigma": 4.0,
+    "eval_loc_threshold": None,
+    "eval_loc_max_points": 4096,
     "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
               "max_exemplars": 0},
     "optim": {"groups": {}},

@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 
 from counting_jax import data as data_lib
 from counting_jax import density as density_lib
+from counting_jax import localization as localization_lib
 from counting_jax import methods as methods_lib
 from counting_jax import metrics as metrics_lib
 from counting_jax.data import pipeline
@@ -361,7 +362,7 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   panel_dir = workdir / "panels"
   panel_dir.mkdir(parents=True, exist_ok=True)
   n_panels = config.num_panels
-  rows = []
+  rows, loc_pred, loc_true = [], [], []
   for batch in pipeline.eval_batches(
       source, batch_size=inp.eval_batch_size, pad_multiple=inp.pad_multiple,
       mean=inp.mean, std=inp.std, indices=mine, fields=method.fields):
@@ -372,6 +373,12 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
     for b in range(dens.shape[0]):
       index = mine[len(rows)]
       rows.append((index, float(counts[b]), float(batch["count"][b])))
+      loc_pred.append(localization_lib.localize_density(
+          density_lib.crop_to_image(dens[b], batch["image_size"][b],
+                                    method.stride),
+          stride=method.stride,
+          **_eval_localization(config, method.stride)[1])[0])
+      loc_true.append(batch["points"][b][batch["point_mask"][b]])
       if index >= n_panels:
         continue
       (h, w), pred = batch["image_size"][b], density_lib.crop_to_image(
@@ -388,6 +395,8 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   index, preds, trues = zip(*rows)
   result = metrics_lib.counting_metrics(list(preds), list(trues))
   result["step"] = int(np.asarray(sharding.local_copy(state.step)))
+  result.update(_localization_result(config, model.stride, loc_pred,
+                                     loc_true))
   if jax.process_index() == 0:
     ids = [str(source[i]["image_id"]) for i in index]
     (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -401,12 +410,92 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
           f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
           f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
           f"({result['n']} images)")
+    if "loc_f1" in result:
+      print(f"localization ({result['loc_method']}, radius "
+            f"{result['loc_radius']:g} px): F1 {result['loc_f1']:.4f}  "
+            f"precision {result['loc_precision']:.4f}  "
+            f"recall {result['loc_recall']:.4f}")
     published = published_lib.published_table(config)
     if published:
       print("published (" + published[0] + "):")
       for name, value in published[1]:
         print(f"  {name:<36} {value}")
   return result
+
+
+def _eval_localization(config, stride):
+  """(radius, localize_density kwargs) of ``eval``'s localization report.
+
+  Config keys (``counting_jax.train.defaults``): ``eval_loc_radius``
+  (matching radius in input pixels, 8), ``eval_loc_method``
+  ("local_maxima"), ``eval_loc_threshold`` (local maxima: peak threshold in
+  count units per density pixel; None: half the peak of a unit Gaussian of
+  ``eval_loc_sigma`` = 4 input pixels on the stride grid,
+  0.5 * min(1, stride^2 / (2 pi sigma^2))), ``eval_loc_max_points`` (4096).
+  """
+  method = config.eval_loc_method
+  kwargs = {"method": method, "max_points": int(config.eval_loc_max_points)}
+  if method == "local_maxima":
+    sigma = float(config.eval_loc_sigma)
+    default = 0.5 * min(1.0, stride ** 2 / (2 * np.pi * sigma ** 2))
+    threshold = config.eval_loc_threshold
+    kwargs["threshold"] = default if threshold is None else float(threshold)
+  return float(config.eval_loc_radius), kwargs
+
+
+def _localization_result(config, stride, loc_pred, loc_true) -> dict:
+  """Precision/recall/F1 at a fixed radius over all processes' images
+  (empty when the test split has no points)."""
+  radius, kwargs = _eval_localization(config, stride)
+  m = metrics_lib.localization_metrics_fixed_radius(loc_pred, loc_true, radius)
+  counts = np.array([m["tp"], m["fp"], m["fn"]], np.int64)
+  if jax.process_count() > 1:
+    counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+  tp, fp, fn = (int(v) for v in counts)
+  if tp + fn == 0:
+    return {}
+  p, r = tp / (tp + fp + 1e-20), tp / (tp + fn + 1e-20)
+  return {"loc_precision": p, "loc_recall": r,
+          "loc_f1": 2 * p * r / (p + r) if p + r > 0 else 0.0,
+          "loc_radius": radius, "loc_method": kwargs["method"]}
+
+
+def localize(config, workdir, images, out_dir,
+             method: str = "local_maxima", *, text=None,
+             exemplars=None) -> dict:
+  """``counting-jax localize``: points of every image of ``images`` from
+  the newest checkpoint's density maps (``localization.localize_images``:
+  per-image JSON, ``nwpu_pred.txt`` for integer file names, panels), with
+  the method's user inputs (``text``, ``exemplars``) as in :func:`predict`.
+  """
+  config = defaults.complete(config)
+  files = predict_lib.list_images(images)
+  predict_lib.check_user_inputs(methods_lib.build(config), files, text=text,
+                                exemplars=exemplars)
+  counting, state = _restore_for_eval(config, workdir)
+  fn = predict_lib.make_predict_fn(step_lib.make_eval_step(
+      counting, use_ema=_ema_decay(config) is not None), state,
+      _compiler_options(config))
+  inp = config.input
+
+  def density_fn(image, path):
+    batch, size = predict_lib.image_inputs(
+        image, pathlib.Path(path).name, counting,
+        multiple=inp.pad_multiple, mean=inp.mean, std=inp.std, text=text,
+        exemplars=exemplars)
+    dens = predict_lib.predict_densities(
+        fn, batch, stride=counting.stride, multiple=inp.pad_multiple,
+        **dict(config.eval_tiling))[0]
+    return density_lib.crop_to_image(dens, size[0], counting.stride)
+
+  _, kwargs = _eval_localization(config, counting.stride)
+  kwargs.pop("method")
+  if method != "local_maxima":
+    kwargs.pop("threshold", None)
+  max_points = kwargs.pop("max_points")
+  return localization_lib.localize_images(
+      density_fn, files, out_dir, stride=counting.stride, method=method,
+      max_points=max_points, method_kwargs=kwargs)
 
 
 def predict(config, workdir, images, out_dir, *, text=None,

@@ -29,7 +29,7 @@ from counting_jax.train import panels, sharding, tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "predict_counts",
            "count_images", "list_images", "predict_folder", "model_inputs",
-           "read_exemplars", "boxes_for", "check_user_inputs", "EXTENSIONS"]
+           "read_exemplars", "boxes_for", "image_inputs", "check_user_inputs", "EXTENSIONS"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -231,6 +231,28 @@ def list_images(images_dir) -> list:
   return files
 
 
+def image_inputs(image, name: str, method, *, multiple: int, mean, std,
+                 text=None, exemplars=None):
+  """(model inputs of one image with batch axis 1, its (height, width)
+  int32 [1, 2] before padding): the image zero-padded to ``multiple`` and
+  normalised, and the method's fields (``exemplars`` of ``name`` from the
+  user's boxes, ``tokens`` of ``text``), as evaluation builds them."""
+  sample = {"image": image, "points": np.zeros((0, 2), np.float32),
+            "boxes": boxes_for(exemplars or {}, name),
+            "class_name": text or "", "image_id": pathlib.Path(name).stem}
+  if method.fields.before_augment is not None:
+    sample = method.fields.before_augment(sample)
+  size = np.asarray([sample["image"].shape[:2]], np.int32)
+  sample = transforms.pad_to_multiple(sample, multiple)
+  if method.fields.after_augment is not None:
+    sample = method.fields.after_augment(sample)
+  sample = pipeline.add_fields(sample, method.fields)
+  batch = {k: np.asarray(v)[None] for k, v in sample.items()
+           if k in method.inputs}
+  batch["image"] = pipeline.normalize(sample["image"], mean, std)[None]
+  return batch, size
+
+
 def count_images(predict, files, out_dir, *, method, multiple: int,
                  mean, std, tiling_kwargs=None, panels_too: bool = True,
                  text=None, exemplars=None):
@@ -259,19 +281,9 @@ def count_images(predict, files, out_dir, *, method, multiple: int,
   stride = method.stride
   for path in files:
     image = files_lib.read_rgb(path)
-    sample = {"image": image, "points": np.zeros((0, 2), np.float32),
-              "boxes": boxes_for(exemplars or {}, path.name),
-              "class_name": text or "", "image_id": path.stem}
-    if method.fields.before_augment is not None:
-      sample = method.fields.before_augment(sample)
-    size = np.asarray([sample["image"].shape[:2]], np.int32)
-    sample = transforms.pad_to_multiple(sample, multiple)
-    if method.fields.after_augment is not None:
-      sample = method.fields.after_augment(sample)
-    sample = pipeline.add_fields(sample, method.fields)
-    batch = {k: np.asarray(v)[None] for k, v in sample.items()
-             if k in method.inputs}
-    batch["image"] = pipeline.normalize(sample["image"], mean, std)[None]
+    batch, size = image_inputs(image, path.name, method, multiple=multiple,
+                               mean=mean, std=std, text=text,
+                               exemplars=exemplars)
     dens, count = predict_counts(predict, batch, size, stride=stride,
                                  multiple=multiple, **(tiling_kwargs or {}))
     counts[path.name] = float(count[0])

@@ -1,0 +1,113 @@
+"""ot_m against the official OT-M outputs, on Gaussian maps, on bad input."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from counting_jax.data import shanghaitech
+from counting_jax.localization import ot_m
+from counting_jax.metrics import localization_metrics_fixed_radius
+
+CASES = ["b20_blur_s8", "a1_blur_s8", "a1_noisy_s8", "b2_blur_s2",
+         "a8_dense_s8", "b1_single_s8", "official_real_s8"]
+
+
+def _run(ref, case, init, max_iter=16):
+  k = int(ref[f"{case}/num"])
+  return ot_m(ref[f"{case}/density"][None],
+              stride=float(ref[f"{case}/scale_factor"]), max_points=k,
+              init_points=init[None].astype(np.float32), max_iter=max_iter)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_official_points(otm_ref, case):
+  """From the official initial points ((row, col) -> (x, y)), the official
+  output points within 0.1 px (float32 noise of the unconverged ε=0.01
+  solve: moving the start by 1e-3 px moves the output by ~0.02 px)."""
+  out = _run(otm_ref, case, otm_ref[f"{case}/init_points"][:, ::-1])
+  ref = otm_ref[f"{case}/points"][:, ::-1]
+  assert int(out.count[0]) == ref.shape[0]
+  assert np.asarray(out.mask).all()
+  np.testing.assert_allclose(np.asarray(out.points[0]), ref, atol=0.1)
+
+
+@pytest.mark.parametrize("case", ["a1_noisy_s8", "a8_dense_s8"])
+def test_one_step_matches_official_iterations(otm_ref, case):
+  """Each official OT-M step, started from the official previous points."""
+  iters = otm_ref[f"{case}/points_iter"][..., ::-1]
+  for i in range(1, iters.shape[0]):
+    out = _run(otm_ref, case, iters[i - 1], max_iter=1)
+    np.testing.assert_allclose(np.asarray(out.points[0]), iters[i],
+                               atol=1e-2)
+
+
+def test_empty_map_gives_no_points(otm_ref):
+  density = otm_ref["b1_empty_s8/density"]
+  assert int(otm_ref["b1_empty_s8/num"]) == 0
+  out = ot_m(density[None], stride=8, max_points=4)
+  assert int(out.count[0]) == 0 and not np.asarray(out.mask).any()
+
+
+def test_terminates_on_bad_maps():
+  """NaN, negative, all-zero maps: no points; more objects than K: K points
+  and the true count."""
+  bad = np.zeros((4, 16, 16), np.float32)
+  bad[0, 3, 3] = np.nan
+  bad[1] = -1.0
+  bad[3] = 1.0  # 256 objects, K = 8
+  out = ot_m(bad, stride=4, max_points=8)
+  np.testing.assert_array_equal(np.asarray(out.count), [0, 0, 0, 256])
+  np.testing.assert_array_equal(np.asarray(out.mask).sum(1), [0, 0, 0, 8])
+  assert np.isfinite(np.asarray(out.points)).all()
+
+
+def _gaussian_map(points, shape, stride, sigma_px):
+  """Point histogram on the stride grid, blurred by sigma_px."""
+  h, w = shape
+  dot = np.zeros((h, w), np.float32)
+  cells = np.floor(points / stride).astype(np.int64)
+  np.add.at(dot, (cells[:, 1], cells[:, 0]), 1.0)
+  return ndimage.gaussian_filter(dot, sigma_px / stride, mode="constant")
+
+
+def test_recovers_points_from_gaussian_maps(shared_data):
+  """Real ShanghaiTech B points, Gaussian maps at stride 8 and 2 (batched,
+  different counts): F1 >= 0.9 at an 8 px radius, and the batch gives what
+  each map gives alone."""
+  gt_dir = shared_data("shanghaitech") / "part_B" / "test_data" / \
+      "ground-truth"
+  sets = [shanghaitech.read_points(gt_dir / f"GT_IMG_{i}.mat")
+          for i in (1, 2)]
+  sets = [p[(p[:, 0] < 256) & (p[:, 1] < 256)] for p in sets]
+  for stride in (8, 2):
+    maps = np.stack([_gaussian_map(p, (256 // stride, 256 // stride),
+                                   stride, 4.0) for p in sets])
+    k = max(len(p) for p in sets) + 4
+    out = ot_m(maps, stride=stride, max_points=k, key=jax.random.key(1))
+    found = [np.asarray(out.points[b])[np.asarray(out.mask[b])]
+             for b in range(2)]
+    assert [len(f) for f in found] == [len(p) for p in sets]
+    m = localization_metrics_fixed_radius(found, sets, 8.0)
+    assert m["f1"] >= 0.9, (stride, m)
+
+
+def test_batch_equals_single_maps(otm_ref):
+  """Two maps of different counts in one batch (K = the larger count, the
+  smaller one padded) give the points of each map run alone."""
+  cases = ["b20_blur_s8", "a1_blur_s8"]
+  k = max(int(otm_ref[f"{c}/num"]) for c in cases)
+  maps = np.stack([otm_ref[f"{c}/density"] for c in cases])
+  init = np.zeros((2, k, 2), np.float32)
+  for b, c in enumerate(cases):
+    pts = otm_ref[f"{c}/init_points"][:, ::-1]
+    init[b, :len(pts)] = pts
+  out = ot_m(maps, stride=8, max_points=k, init_points=init)
+  for b, c in enumerate(cases):
+    n = int(otm_ref[f"{c}/num"])
+    alone = _run(otm_ref, c, otm_ref[f"{c}/init_points"][:, ::-1])
+    assert np.asarray(out.mask[b]).sum() == n
+    np.testing.assert_allclose(np.asarray(out.points[b, :n]),
+                               np.asarray(alone.points[0]), atol=1e-2)
