@@ -29,7 +29,8 @@ from counting_jax.train import panels, sharding, tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "predict_counts",
            "count_images", "list_images", "predict_folder", "model_inputs",
-           "read_exemplars", "boxes_for", "image_inputs", "check_user_inputs", "EXTENSIONS"]
+           "read_exemplars", "boxes_for", "image_inputs", "check_user_inputs",
+           "EXTENSIONS"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
