@@ -395,7 +395,7 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   index, preds, trues = zip(*rows)
   result = metrics_lib.counting_metrics(list(preds), list(trues))
   result["step"] = int(np.asarray(sharding.local_copy(state.step)))
-  result.update(_localization_result(config, model.stride, loc_pred,
+  result.update(_localization_result(config, method.stride, loc_pred,
                                      loc_true))
   if jax.process_index() == 0:
     ids = [str(source[i]["image_id"]) for i in index]
