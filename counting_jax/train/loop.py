@@ -27,7 +27,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
