@@ -18,12 +18,12 @@ import numpy as np
 
 from counting_jax.data import files as files_lib
 from counting_jax.data import pipeline, transforms
-from counting_jax.train import panels, sharding, tiling
+from counting_jax.train import image_list, panels, sharding, tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "count_images",
            "list_images", "predict_folder", "EXTENSIONS"]
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+EXTENSIONS = image_list.EXTENSIONS
 
 
 def make_predict_fn(eval_step, state, compiler_options=None, devices=None):
@@ -77,53 +77,62 @@ def predict_densities(predict, images, *, stride: int, multiple: int,
                    for im in images])
 
 
-def list_images(images_dir) -> list:
-  """Image files (``EXTENSIONS``) of a folder, sorted.
+def list_images(images) -> list:
+  """Image files of ``images`` (a file, folder or glob, or a sequence of
+  them), naturally sorted (``image_list.expand``).
 
   Raises:
-    FileNotFoundError: when the folder is missing or holds no image.
+    FileNotFoundError: naming the input that names no image.
   """
-  images_dir = pathlib.Path(images_dir)
-  if not images_dir.is_dir():
-    raise FileNotFoundError(f"images folder not found: {images_dir}")
-  files = sorted(p for p in images_dir.iterdir()
-                 if p.suffix.lower() in EXTENSIONS)
-  if not files:
-    raise FileNotFoundError(f"no image files ({list(EXTENSIONS)}) in "
-                            f"{images_dir}")
-  return files
+  return image_list.expand(images)
 
 
 def count_images(predict, files, out_dir, *, stride: int, multiple: int,
                  mean, std, tiling_kwargs=None, panels_too: bool = True):
   """Counts each image file at full resolution (zero-padded at the bottom/
   right to ``multiple``; the count sums the whole padded density map, as in
-  evaluation), writes ``counts.csv`` and, with ``panels_too``, one
-  ``<stem>_density.png`` panel per image to ``out_dir``; returns
-  {file name: count}.
+  evaluation), writes ``counts.csv`` (one row per image, in the order of
+  ``files``, flushed as each count is made, so an interrupted run keeps
+  what it counted) and, with ``panels_too``, one ``<stem>_density.png``
+  panel per image to ``out_dir``; returns {file name: count} (the path
+  where two files share a name).
+
+  Raises:
+    image_list.UnreadableImagesError: after counting every readable image,
+      naming the files that could not be read (their rows are left out).
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  counts = {}
-  for path in files:
-    image = files_lib.read_rgb(path)
-    sample = transforms.pad_to_multiple(
-        {"image": image, "points": np.zeros((0, 2), np.float32),
-         "boxes": np.zeros((0, 4), np.float32)}, multiple)
-    x = pipeline.normalize(sample["image"], mean, std)[None]
-    dens = predict_densities(predict, x, stride=stride, multiple=multiple,
-                             **(tiling_kwargs or {}))[0]
-    counts[path.name] = float(dens.sum())
-    if panels_too:
-      panels.save_panel(out_dir / f"{path.stem}_density.png", image,
-                        dens[:image.shape[0] // stride,
-                             :image.shape[1] // stride],
-                        title=path.name)
+  names = [p.name for p in map(pathlib.Path, files)]
+  counts, failures = {}, []
   with open(out_dir / "counts.csv", "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(["image", "count"])
-    for name, c in counts.items():
-      w.writerow([name, f"{c:.3f}"])
+    f.flush()
+    for path in map(pathlib.Path, files):
+      name = path.name if names.count(path.name) == 1 else str(path)
+      try:
+        image = files_lib.read_rgb(path)
+      except (OSError, ValueError) as e:
+        failures.append((path, str(e).split(": ", 1)[-1]))
+        continue
+      sample = transforms.pad_to_multiple(
+          {"image": image, "points": np.zeros((0, 2), np.float32),
+           "boxes": np.zeros((0, 4), np.float32)}, multiple)
+      x = pipeline.normalize(sample["image"], mean, std)[None]
+      dens = predict_densities(predict, x, stride=stride, multiple=multiple,
+                               **(tiling_kwargs or {}))[0]
+      counts[name] = float(dens.sum())
+      w.writerow([name, f"{counts[name]:.3f}"])
+      f.flush()
+      if panels_too:
+        stem = pathlib.Path(name).with_suffix("").as_posix().replace("/", "_")
+        panels.save_panel(out_dir / f"{stem}_density.png", image,
+                          dens[:image.shape[0] // stride,
+                               :image.shape[1] // stride],
+                          title=name)
+  if failures:
+    raise image_list.UnreadableImagesError(counts, failures)
   return counts
 
 
