@@ -16,6 +16,7 @@ line instead of failing later in a checkpoint restore.
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import pprint
 
@@ -91,16 +92,23 @@ def save(config, workdir) -> pathlib.Path:
     ValueError: naming the field when a value is not a Python literal (the
       file would not load back).
   """
+  bad = []
+  for name, value in _flat(config).items():
+    try:
+      if ast.literal_eval(repr(value)) != value:
+        bad.append(name)
+    except (ValueError, SyntaxError):
+      bad.append(name)
+  if bad:
+    raise ValueError(f"config fields {bad} are not Python literals; the run "
+                     "folder cannot remember them")
   tree = _literal(config)
   text = pprint.pformat(tree, width=76, sort_dicts=False)
   body = (_HEADER + "\ndef get_config():\n  return _to_config(\n"
           + "\n".join("      " + line for line in text.splitlines())
           + ")\n\n\n" + _TO_CONFIG_SOURCE)
   loaded = _load_text(body, "<config.py>")
-  bad = differences(config, loaded)
-  if bad:
-    raise ValueError(f"config fields {bad} are not Python literals; the run "
-                     "folder cannot remember them")
+  assert not differences(config, loaded), differences(config, loaded)
   out = path(workdir)
   tmp = out.with_suffix(".tmp")
   tmp.write_text(body, encoding="utf-8")
@@ -156,7 +164,7 @@ def differences(a, b, *, ignore=()) -> list[str]:
   names = sorted(k for k in set(fa) | set(fb)
                  if fa.get(k, _MISSING) != fb.get(k, _MISSING))
   # An emptied sub-config shows as its name and its former fields: keep one.
-  names = [k for k in names if not any(n.startswith(k + ".") for n in names)]
+  names = [k for k in names if not any(k.startswith(n + ".") for n in names)]
   return [k for k in names
           if not any(k == p or k.startswith(p + ".") for p in ignore)]
 
