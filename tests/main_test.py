@@ -68,6 +68,13 @@ def test_eval_without_config_uses_the_saved_one(trained):
   assert after["mae"] == pytest.approx(before["mae"], rel=1e-5)
 
 
+def test_train_resumes_with_the_saved_config(trained):
+  _, workdir, data_dir, _ = trained
+  proc = _run("train", f"--workdir={workdir}", env_extra=data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step 6" in proc.stdout
+
+
 def test_a_conflicting_config_is_one_line_naming_the_fields(trained):
   _, workdir, data_dir, _ = trained
   proc = _run("eval", "--config", "cells:smoke=True,model=fcrn_a",

@@ -1,23 +1,32 @@
 """Crowd counting on ShanghaiTech Part B with the papers' VGG19 counters.
 
-  counting-jax train --config configs/crowd_shb.py:loss=dm_count \
+  counting-jax train --config crowd_shb:loss=dm_count \
       --workdir runs/shb_dmc \
       --config.dataset.manual_dir=/data/ShanghaiTech \
       --config.init_checkpoint=/weights/vgg19_orbax
+
+A short run on a copy holding only some images (e.g. the 10 Part B test
+images of the project's shared data)::
+
+  counting-jax train --config crowd_shb:smoke=True --workdir runs/shb_smoke \
+      --config.dataset.manual_dir=../shared/data/shanghaitech
 
 Arguments (``--config configs/crowd_shb.py:loss=gl,smoke=True``):
   loss: "bayesian" (BL), "dm_count", "gl", "pml" or "gaussian_l2"; picks the
     paper's counter (BL / DM-Count / GL VGG19 head at stride 8, PML VGG19
     fusion at stride 2) and its recipe. Any loss trains any counter: override
     ``--config.model.name``.
-  smoke: tiny counter, 64-px crops, a few steps (tests on the 10 real Part B
-    test images in ../shared/data).
+  smoke: tiny counter, 64-px crops, 2 steps, trained on the ``test`` split
+    (the images present) and tested on two of its images; no published
+    figures are printed (they are for the full protocol).
 
 Recipe (``counting_jax.data.presets`` and crowd_losses.md §5): random
 512x512 crops with horizontal flips, ImageNet normalisation, Adam lr 1e-5
 with weight decay 1e-4; BL/GL batch 1, DM-Count batch 10; the papers train
 1000 epochs (400 images: 400k steps at batch 1) from ImageNet VGG19 weights
-converted with ``counting-jax convert`` (``init_checkpoint``).
+converted with ``counting-jax convert`` (``init_checkpoint``; when it is
+empty the counter starts from random weights, and ``counting-jax train``
+says so).
 """
 
 import ml_collections

@@ -10,7 +10,9 @@ to tfds' ``dataset_info.json`` holds the manual folder and a fingerprint of
 its listing (relative paths and sizes). A later :func:`builder` call given
 a manual folder with another listing rebuilds the prepared data (the old
 copy is restored if the rebuild fails); without one, it uses them and says
-once which folder they came from.
+once which folder they came from. Data prepared before sources were
+recorded are used as they are, with a note. Preparation holds a file lock
+(``<data_dir>/.<name>.prepare.lock``), so concurrent runs prepare once.
 """
 
 from __future__ import annotations
@@ -143,8 +145,9 @@ def builder(name: str, *, data_dir=None, manual_dir=None):
       the shipped VGG cells copy).
 
   Already prepared data are used when ``manual_dir`` is None (and the data
-  set has no default) or when its listing matches the recorded
-  fingerprint; otherwise they are rebuilt from ``manual_dir``.
+  set has no default), when its listing matches the recorded fingerprint,
+  or when they have no record (prepared by an older version; a note says
+  so); otherwise they are rebuilt from ``manual_dir``.
 
   Raises:
     ValueError: for an unknown name.
@@ -161,21 +164,20 @@ def builder(name: str, *, data_dir=None, manual_dir=None):
   fingerprint = (None if manual_dir is None
                  else source_fingerprint(manual_dir))
   b = cls(data_dir=data_dir, file_format="array_record")
-  if b.is_prepared():
+  if b.is_prepared() and _usable(b, name, manual_dir, fingerprint):
+    return b
+  # One process prepares at a time; the others then find it prepared.
+  with _lock(pathlib.Path(data_dir) / f".{name}.prepare.lock"):
+    b = cls(data_dir=data_dir, file_format="array_record")
+    if not b.is_prepared():
+      _prepare(b, name, manual_dir, fingerprint)
+      return b
+    if _usable(b, name, manual_dir, fingerprint):
+      return b
     record = _read_record(b)
-    if manual_dir is None:
-      if (name, data_dir) not in _ANNOUNCED:
-        _ANNOUNCED.add((name, data_dir))
-        source = record["manual_dir"] if record else "an unrecorded folder"
-        print(f"{name}: using the data prepared in {b.data_dir} from "
-              f"{source} (no manual_dir given)", file=sys.stderr)
-      return b
-    if record is not None and record.get("fingerprint") == fingerprint:
-      return b
-    was = record["manual_dir"] if record else "an unrecorded folder"
-    print(f"{name}: the data prepared in {b.data_dir} came from {was}, "
-          f"whose files differ from {manual_dir}; rebuilding",
-          file=sys.stderr)
+    print(f"{name}: the data prepared in {b.data_dir} came from "
+          f"{record['manual_dir']}, whose files differ from {manual_dir}; "
+          "rebuilding", file=sys.stderr)
     old = pathlib.Path(b.data_dir)
     aside = old.with_name(old.name + ".replaced")
     shutil.rmtree(aside, ignore_errors=True)
@@ -189,8 +191,46 @@ def builder(name: str, *, data_dir=None, manual_dir=None):
       raise
     shutil.rmtree(aside, ignore_errors=True)
     return b
-  _prepare(b, name, manual_dir, fingerprint)
-  return b
+
+
+def _usable(b, name, manual_dir, fingerprint) -> bool:
+  """Whether prepared data may be used as they are: their recorded source
+  matches ``manual_dir``'s listing, or there is nothing to compare (no
+  manual_dir given, or data prepared before sources were recorded: used,
+  and said once)."""
+  record = _read_record(b)
+  key = (name, b.data_dir)
+  if manual_dir is None or record is None:
+    if key not in _ANNOUNCED:
+      _ANNOUNCED.add(key)
+      if record is None:
+        print(f"{name}: using the data prepared in {b.data_dir} (no record "
+              "of their source; delete the folder to rebuild them from "
+              "manual_dir)", file=sys.stderr)
+      else:
+        print(f"{name}: using the data prepared in {b.data_dir} from "
+              f"{record['manual_dir']} (no manual_dir given)",
+              file=sys.stderr)
+    return True
+  return record.get("fingerprint") == fingerprint
+
+
+@contextlib.contextmanager
+def _lock(path: pathlib.Path):
+  """An exclusive lock on ``path`` across processes (POSIX ``flock``; none
+  elsewhere)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    yield
+    return
+  with open(path, "a", encoding="utf-8") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load(name: str, split: str, *, data_dir=None, manual_dir=None):

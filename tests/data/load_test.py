@@ -66,6 +66,12 @@ def test_prepared_data_follow_their_source(tmp_path, src, capsys):
               manual_dir=tmp_path / "wrong")
   assert len(data.load("shanghaitech_b", "test", data_dir=tfds_dir,
                        manual_dir=two)) == 3
+  # Data prepared before sources were recorded: used, with a note.
+  next(tfds_dir.rglob(data.SOURCE_RECORD)).unlink()
+  data._ANNOUNCED.clear()  # pylint: disable=protected-access
+  assert len(data.load("shanghaitech_b", "test", data_dir=tfds_dir,
+                       manual_dir=one)) == 3
+  assert "no record of their source" in capsys.readouterr().err
   with pytest.raises(FileNotFoundError, match="manual_dir not found"):
     data.load("shanghaitech_b", "test", data_dir=tfds_dir,
               manual_dir=tmp_path / "nowhere")
