@@ -23,17 +23,16 @@ import os
 import pathlib
 import shutil
 import sys
+import textwrap
 import traceback
 
 __all__ = ["run", "main", "UserError"]
 
 _COMMANDS = ("train", "eval", "predict", "config", "convert")
 _SUMMARY = {
-    "train": "train a counter in a run folder (resumes from its newest "
-             "checkpoint), then evaluate it on the test split",
+    "train": "train in a run folder (or resume it), then evaluate",
     "eval": "evaluate a run folder's newest checkpoint on the test split",
-    "predict": "count images (files, folders, globs) with a run folder's "
-               "newest checkpoint; writes counts.csv and density panels",
+    "predict": "count images (files, folders, globs) with a run folder",
     "config": "print a config's arguments, fields and defaults",
     "convert": "convert a PyTorch checkpoint to an orbax one",
 }
@@ -45,6 +44,11 @@ _FLAGS = {
     "workdir": ("str", "run folder (checkpoints, logs, metrics, config.py)"),
     "images": ("multi", "image file, folder or glob (repeatable)"),
     "out": ("str", "output folder for counts.csv and the density panels"),
+    "text": ("str", "text prompt naming what to count (text-guided methods; "
+             "replaces the test images' class names in eval)"),
+    "exemplars": ("str", "JSON file {\"<image name>\": [[x1, y1, x2, y2], "
+                  "...]} of exemplar boxes in input pixels (exemplar "
+                  "methods)"),
     "coordinator": ("str", "multi-process: host:port of process 0 (or "
                     "$JAX_COORDINATOR_ADDRESS; auto-detected under Slurm/"
                     "Open MPI/TPU)"),
@@ -57,8 +61,9 @@ _FLAGS = {
 _MULTI = ("coordinator", "num_processes", "process_id")
 _COMMAND_FLAGS = {
     "train": ("config", "workdir", *_MULTI, "debug"),
-    "eval": ("config", "workdir", *_MULTI, "debug"),
-    "predict": ("config", "workdir", "images", "out", "debug"),
+    "eval": ("config", "workdir", "text", "exemplars", *_MULTI, "debug"),
+    "predict": ("config", "workdir", "images", "out", "text", "exemplars",
+                "debug"),
 }
 
 
@@ -88,7 +93,8 @@ def _command_help(command) -> str:
     kind, text = _FLAGS[name]
     arg = "" if kind == "bool" else "=" + name.upper()
     lines.append(f"  --{name}{arg}")
-    lines.append(f"      {text}")
+    lines.append(textwrap.fill(text, 78, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6))
   lines += ["", "Config fields: counting-jax config NAME_OR_FILE lists them "
             "with their defaults."]
   return "\n".join(lines)
@@ -363,17 +369,29 @@ def _run_folder_command(command, argv) -> int:
       raise
   elif command == "eval":
     from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
-    loop.evaluate(config, workdir)
+    loop.evaluate(config, workdir, **_user_inputs(fv))
   else:
-    return _predict(config, workdir, files, pathlib.Path(fv["out"].value))
+    return _predict(config, workdir, files, pathlib.Path(fv["out"].value),
+                    _user_inputs(fv))
   return 0
 
 
-def _predict(config, workdir, files, out) -> int:
+def _user_inputs(fv) -> dict:
+  """--text / --exemplars, only when given (methods that need them)."""
+  out = {}
+  if fv["text"].value:
+    out["text"] = fv["text"].value
+  if fv["exemplars"].value:
+    from counting_jax.train import predict as predict_lib  # pylint: disable=g-import-not-at-top
+    out["exemplars"] = predict_lib.read_exemplars(fv["exemplars"].value)
+  return out
+
+
+def _predict(config, workdir, files, out, user_inputs) -> int:
   from counting_jax.train import image_list, loop  # pylint: disable=g-import-not-at-top
   failures = []
   try:
-    counts = loop.predict(config, workdir, files, out)
+    counts = loop.predict(config, workdir, files, out, **user_inputs)
   except image_list.UnreadableImagesError as e:
     counts, failures = e.counts, e.failures
   print(f"counted {len(counts)} image{'s' * (len(counts) != 1)}: counts in "

@@ -58,7 +58,8 @@ def test_command_help_lists_its_own_flags_only(tmp_path):
   assert rc == 0 and heavy == []
   flags = sorted(l.split("=")[0].strip() for l in out.splitlines()
                  if l.startswith("  --"))
-  assert flags == ["--config", "--debug", "--images", "--out", "--workdir"]
+  assert flags == ["--config", "--debug", "--exemplars", "--images", "--out",
+                   "--text", "--workdir"]
   rc, _, out, _ = _probe("train", "--help", tmp_path=tmp_path)
   assert "--images" not in out and "--coordinator" in out
 
