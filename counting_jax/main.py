@@ -28,6 +28,10 @@ import traceback
 
 __all__ = ["run", "main", "UserError"]
 
+# pylint: disable=g-import-not-at-top
+# Everything beyond the standard library is imported where it is used, so
+# help and input errors come before the imports of JAX, Flax and tfds.
+
 _COMMANDS = ("train", "eval", "predict", "config", "convert")
 _SUMMARY = {
     "train": "train in a run folder (or resume it), then evaluate",
@@ -109,7 +113,7 @@ def _resolve_spec(spec: str) -> str:
   Raises:
     UserError: when it names neither a file nor a built-in config.
   """
-  from counting_jax import configs  # pylint: disable=g-import-not-at-top
+  from counting_jax import configs
   name, sep, arg = spec.partition(":")
   if pathlib.Path(name).is_file():
     return spec
@@ -169,7 +173,7 @@ def _config_command(argv) -> int:
   if module.__doc__:
     print(module.__doc__.strip() + "\n")
   print(f"fields of {argv[0]} (override with --config.FIELD=VALUE):")
-  from counting_jax.train import run_folder  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import run_folder
   for name, value in run_folder.flat_fields(config).items():
     print(f"  {name} = {value!r}")
   return 0
@@ -181,8 +185,8 @@ def _config_command(argv) -> int:
 def _parse(command, argv):
   """absl flags of ``command`` only (their own FlagValues, so --help and
   errors list these, not absl's ~80)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
   fv = flags.FlagValues()
   for name in _COMMAND_FLAGS[command]:
     kind, text = _FLAGS[name]
@@ -207,7 +211,7 @@ def _parse(command, argv):
 def _config_argv(command, argv, workdir):
   """argv with ``--config`` resolved to a file, or set to the run folder's
   saved config when absent; (argv, explicit)."""
-  from counting_jax.train import run_folder  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import run_folder
   argv = list(argv)
   for i, arg in enumerate(argv):
     if arg == "--config" and i + 1 < len(argv):
@@ -253,7 +257,7 @@ def _has_init_checkpoint(config) -> bool:
 
 def _check_inputs(command, config, workdir, fv):
   """Checks that need no computation, before anything is built."""
-  from counting_jax.train import run_folder  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import run_folder
   workdir = pathlib.Path(workdir)
   init = config.get("init_checkpoint", "") or ""
   if init and not pathlib.Path(init).exists():
@@ -272,7 +276,7 @@ def _check_inputs(command, config, workdir, fv):
       raise UserError("--images is required (a file, folder or glob)")
     if not fv["out"].value:
       raise UserError("--out is required (output folder)")
-    from counting_jax.train import image_list  # pylint: disable=g-import-not-at-top
+    from counting_jax.train import image_list
     try:
       return image_list.expand(fv["images"].value)
     except FileNotFoundError as e:
@@ -283,7 +287,7 @@ def _check_inputs(command, config, workdir, fv):
 def _check_saved(command, config, workdir):
   """A conflicting config fails here, naming the fields, not later in a
   checkpoint restore."""
-  from counting_jax.train import run_folder  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import run_folder
   saved = run_folder.load(workdir)
   if saved is None:
     return
@@ -299,7 +303,7 @@ def _check_saved(command, config, workdir):
 def _check_data(config, splits):
   """Prepares/opens the data set's splits (refusing a missing split or a
   manual_dir of the wrong layout) before a run folder is made."""
-  from counting_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from counting_jax import data as data_lib
   ds = config.dataset
   for split in splits:
     try:
@@ -313,7 +317,7 @@ def _check_data(config, splits):
 def _only_setup_files(workdir: pathlib.Path) -> bool:
   """Whether a run folder holds nothing a failed run would want kept: no
   checkpoint and no logged step."""
-  from counting_jax.train import run_folder  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import run_folder
   return (not run_folder.has_checkpoint(workdir)
           and not (workdir / "metrics.jsonl").exists()
           and not (workdir / "metrics.json").exists())
@@ -335,11 +339,11 @@ def _run_folder_command(command, argv) -> int:
   _check_saved(command, config, workdir)
   files = _check_inputs(command, config, workdir, fv)
 
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging
   flags.FLAGS.mark_as_parsed()  # absl logging without its "before flag
   # parsing" notice; this command's flags live in their own FlagValues.
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-  from counting_jax.train import run_folder, sharding  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import run_folder, sharding
   if command != "predict":
     sharding.initialize_distributed(fv["coordinator"].value,
                                     fv["num_processes"].value,
@@ -348,7 +352,7 @@ def _run_folder_command(command, argv) -> int:
   if command == "train":
     _check_data(config, (config.dataset.train_split,
                          config.dataset.test_split))
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
     lead = jax.process_index() == 0
     created = not workdir.exists()
     if lead:
@@ -360,7 +364,7 @@ def _run_folder_command(command, argv) -> int:
         print(f"note: no config.init_checkpoint: {config.model.name} starts "
               "from random weights (not the papers' ImageNet "
               "initialisation; see counting-jax convert)", flush=True)
-    from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
+    from counting_jax.train import loop
     try:
       loop.train_and_evaluate(config, workdir)
     except BaseException:
@@ -368,7 +372,8 @@ def _run_folder_command(command, argv) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
       raise
   elif command == "eval":
-    from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
+    _check_data(config, (config.dataset.test_split,))
+    from counting_jax.train import loop
     loop.evaluate(config, workdir, **_user_inputs(fv))
   else:
     return _predict(config, workdir, files, pathlib.Path(fv["out"].value),
@@ -382,13 +387,13 @@ def _user_inputs(fv) -> dict:
   if fv["text"].value:
     out["text"] = fv["text"].value
   if fv["exemplars"].value:
-    from counting_jax.train import predict as predict_lib  # pylint: disable=g-import-not-at-top
+    from counting_jax.train import predict as predict_lib
     out["exemplars"] = predict_lib.read_exemplars(fv["exemplars"].value)
   return out
 
 
 def _predict(config, workdir, files, out, user_inputs) -> int:
-  from counting_jax.train import image_list, loop  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import image_list, loop
   failures = []
   try:
     counts = loop.predict(config, workdir, files, out, **user_inputs)
@@ -419,7 +424,7 @@ def main(argv) -> int:
           file=sys.stderr)
     return 2
   if command == "convert":
-    from counting_jax.convert import cli  # pylint: disable=g-import-not-at-top
+    from counting_jax.convert import cli
     return cli.main(rest)
   debug = "--debug" in rest or "--debug=true" in rest
   try:

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from counting_jax.train import run_folder
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "cells.py") + ":smoke=True"
 CELLS = REPO / "counting_jax" / "data" / "assets" / "vgg_cells"
@@ -51,7 +53,6 @@ def test_train_writes_the_run_folder(trained):
   assert any(p.suffix == ".png" for p in (workdir / "panels").iterdir())
   assert list((workdir / "tb").iterdir())
   # The resolved config, overrides included, is saved in the run folder.
-  from counting_jax.train import run_folder  # pylint: disable=g-import-not-at-top
   saved = run_folder.load(workdir)
   assert saved.quiet is True and saved.model.name == "unet_tiny"
   # tfds' notices for local files are not printed.
