@@ -1,43 +1,4 @@
-"""Helpers shared by config files."""
+"""Re-export of the built-in config ``counting_jax/configs/common.py``
+(``--config configs/common.py`` and ``--config common`` are the same)."""
 
-from __future__ import annotations
-
-import ast
-
-import ml_collections
-
-__all__ = ["parse_arg", "dot_folder_options"]
-
-
-def parse_arg(arg: str | None, **defaults) -> dict:
-  """Parses the ``--config file.py:key=value,key2=value2`` argument.
-
-  Values are Python literals where they parse as one (``n=32``,
-  ``smoke=True``), strings otherwise; keys must be among ``defaults``.
-
-  Raises:
-    ValueError: for an unknown key or an item without ``=``.
-  """
-  out = dict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not key=value")
-    key, value = item.split("=", 1)
-    if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid: "
-                       f"{sorted(defaults)}")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
-
-
-def dot_folder_options() -> ml_collections.ConfigDict:
-  """``config.dataset.dot_folder``: every option of the ``dot_folder`` data
-  set (a user's own folder; ``counting_jax.data.dot_folder.OPTIONS``) at its
-  default, so each can be set on the command line
-  (``--config.dataset.dot_folder.blob_centres=True``)."""
-  # pylint: disable-next=g-import-not-at-top
-  from counting_jax.data import dot_folder
-  return ml_collections.ConfigDict(dict(dot_folder.OPTIONS))
+from counting_jax.configs.common import *  # noqa: F401,F403

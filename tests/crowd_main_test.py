@@ -1,34 +1,53 @@
 """The crowd main job (configs/crowd_shb.py) end to end on the real
-ShanghaiTech Part B test files in ../shared/data, with a tiny counter and a
-few steps, for each paper's loss."""
+ShanghaiTech Part B test files in ../shared/data (used as they are), with a
+tiny counter and a few steps, for each paper's loss."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from configs import crowd_shb
 from counting_jax.train import loop
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def shb_root(tmp_path_factory, shared_data):
-  src = shared_data("shanghaitech") / "part_B" / "test_data"
-  if not (src / "images" / "IMG_1.jpg").is_file():
+  """The shared ShanghaiTech copy as it is (all .mat files, Part B test
+  images IMG_1..10 only): the builder keeps the images present."""
+  root = shared_data("shanghaitech")
+  if not (root / "part_B" / "test_data" / "images" / "IMG_1.jpg").is_file():
     pytest.skip("../shared/data/shanghaitech has no Part B test images")
-  root = tmp_path_factory.mktemp("shb")
-  split = root / "part_B_final" / "test_data"
-  (split / "images").mkdir(parents=True)
-  (split / "ground-truth").mkdir()
-  for k in range(1, 11):
-    (split / "images" / f"IMG_{k}.jpg").symlink_to(
-        src / "images" / f"IMG_{k}.jpg")
-    (split / "ground-truth" / f"GT_IMG_{k}.mat").symlink_to(
-        src / "ground-truth" / f"GT_IMG_{k}.mat")
   return root, tmp_path_factory.mktemp("tfds")
 
 
-@pytest.mark.parametrize("loss", ["dm_count", "bayesian", "gl", "pml"])
-def test_crowd_config_trains_and_evaluates(loss, shb_root, tmp_path):
+def test_documented_short_crowd_run(shb_root, tmp_path):
+  """experiments/crowd_shb/README.md's short command (dm_count), as a user
+  runs it: on the shared files as they are, saying that the counter starts
+  from random weights."""
+  root, data_dir = shb_root
+  env = dict(os.environ, COUNTING_JAX_DATA_DIR=str(data_dir))
+  proc = subprocess.run(
+      [sys.executable, "-m", "counting_jax.main", "train", "--config",
+       "crowd_shb:smoke=True", "--workdir", str(tmp_path / "shb_smoke"),
+       f"--config.dataset.manual_dir={root}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "starts from random weights" in proc.stdout
+  assert "test shanghaitech_b/test[:2]: MAE" in proc.stdout
+  assert "published" not in proc.stdout
+  metrics = json.loads((tmp_path / "shb_smoke" / "metrics.json").read_text())
+  assert metrics["n"] == 2 and metrics["step"] == 2
+
+
+@pytest.mark.parametrize("loss", ["bayesian", "gl", "pml"])
+def test_crowd_config_trains_and_evaluates(loss, shb_root, tmp_path,
+                                          capsys):
   root, data_dir = shb_root
   config = crowd_shb.get_config(f"loss={loss},smoke=True")
   config.dataset.manual_dir = str(root)
@@ -36,12 +55,19 @@ def test_crowd_config_trains_and_evaluates(loss, shb_root, tmp_path):
   config.quiet = True
   result = loop.train_and_evaluate(config, tmp_path / loss)
   assert result["n"] == 2
+  # The published table belongs to the full protocol, not to a smoke run.
+  assert "published" not in capsys.readouterr().out
   assert result["mae"] >= 0
   rows = [json.loads(l) for l in
           (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in rows if "train/loss" in r]
   assert len(train_rows) == 2
   assert all(isinstance(r["train/loss"], float) for r in train_rows)
+
+
+def test_published_table_only_for_the_full_protocol():
+  assert len(crowd_shb.get_config("loss=gl").published) == 4
+  assert not crowd_shb.get_config("loss=gl,smoke=True").published
 
 
 def test_unknown_loss_is_refused():

@@ -58,6 +58,7 @@ import numpy as np
 import scipy.ndimage as ndi
 from PIL import Image
 
+from counting_jax.configs.common import DOT_FOLDER_OPTIONS
 from counting_jax.data import files
 from counting_jax.data import sample as sample_lib
 from counting_jax.data import transforms
@@ -68,11 +69,7 @@ __all__ = ["OPTIONS", "LOSSY_RATIO", "IMAGE_EXTENSIONS", "check_options",
 
 # Defaults of every option (the builder's config and ``config.dataset``'s
 # ``dot_folder`` field take the same keys; "" means unset).
-OPTIONS = dict(
-    image_suffix="", dots_suffix="_dots", points_suffix="",
-    dot_threshold=0, dot_channels="any", blob_centres=False,
-    point_offset=0.0, split="auto", split_list="", test_fraction=0.2,
-    split_seed=0, rescale=1.0, class_name="")
+OPTIONS = DOT_FOLDER_OPTIONS  # defined beside the configs that expose them
 
 # A dot map with more than this many dot pixels per 8-connected blob raises
 # (one-pixel dots: VGG cells has 35,192 dot pixels in 34,741 blobs, 1.01).

@@ -28,6 +28,7 @@ Points overshooting the border by < 1 px are clipped (``files.clip_points``).
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import re
 
@@ -80,10 +81,13 @@ def _gt_dir(split_root: pathlib.Path) -> pathlib.Path:
                           f"in {split_root}")
 
 
-def list_ids(split_root) -> list[str]:
+def list_ids(split_root, *, allow_missing_images: bool = False) -> list[str]:
   """Ids ``IMG_<k>`` (file stems) of a split, sorted by k.
 
-  Every image must have its ``GT_IMG_<k>.mat`` and every .mat its image.
+  Every image must have its ``GT_IMG_<k>.mat``; every .mat must have its
+  image unless ``allow_missing_images`` (a subset of the images with all the
+  annotations, e.g. a test copy), when annotations without an image are
+  left out with a warning giving their number.
 
   Raises:
     FileNotFoundError: naming the file that lacks its counterpart, or when the
@@ -99,7 +103,13 @@ def list_ids(split_root) -> list[str]:
   gt_dir = _gt_dir(split_root)
   mats = {p.stem[3:].upper(): p for p in gt_dir.iterdir()
           if re.match(r"^GT_IMG_\d+\.mat$", p.name, re.IGNORECASE)}
-  for k in sorted(set(mats) - set(images)):
+  orphans = sorted(set(mats) - set(images))
+  if orphans and images and allow_missing_images:
+    logging.warning("ShanghaiTech %s: %d of %d annotations have no image in "
+                    "%s; the split holds the %d images present", split_root,
+                    len(orphans), len(mats), image_dir, len(images))
+  elif orphans:
+    k = orphans[0]
     raise FileNotFoundError(f"{mats[k]} has no image {k}.jpg in {image_dir}")
   for k in sorted(set(images) - set(mats)):
     raise FileNotFoundError(f"image {image_dir / images[k]}.jpg has no "

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import jax
 
+from counting_jax.train import defaults
+
 __all__ = ["compiler_options", "DEFAULT_YNN_FUSION_TYPE"]
 
 # XLA's enum names; several are joined with "," (e.g. "..._DOT,..._REDUCE").
-DEFAULT_YNN_FUSION_TYPE = "LIBRARY_FUSION_TYPE_DOT"
+DEFAULT_YNN_FUSION_TYPE = defaults.DEFAULT_YNN_FUSION_TYPE
 
 
 def compiler_options(ynn_fusion_type: str | None = DEFAULT_YNN_FUSION_TYPE,

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from counting_jax.train import compile_options
+__all__ = ["DEFAULTS", "complete", "DEFAULT_YNN_FUSION_TYPE"]
 
-__all__ = ["DEFAULTS", "complete"]
+# XLA:CPU: YNNPACK for dots only, XLA's Eigen convolutions
+# (``counting_jax.train.compile_options`` says why and what it buys).
+DEFAULT_YNN_FUSION_TYPE = "LIBRARY_FUSION_TYPE_DOT"
 
 DEFAULTS = {
     "method": {"name": "density"},
@@ -41,7 +43,7 @@ DEFAULTS = {
     "ema_decay": 0.0,
     "eval_tiling": {"max_size": 2048, "tile_size": 1024, "overlap": 128,
                     "blend": "linear", "tile_batch": 4},
-    "xla_cpu_ynn_fusion_type": compile_options.DEFAULT_YNN_FUSION_TYPE,
+    "xla_cpu_ynn_fusion_type": DEFAULT_YNN_FUSION_TYPE,
     "init_checkpoint": "",
     "num_panels": 4,
     "panel_sigma": 2.0,

@@ -25,14 +25,14 @@ import numpy as np
 from counting_jax import density as density_lib
 from counting_jax.data import files as files_lib
 from counting_jax.data import pipeline, transforms
-from counting_jax.train import panels, sharding, tiling
+from counting_jax.train import image_list, panels, sharding, tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "predict_counts",
            "count_images", "list_images", "predict_folder", "model_inputs",
            "read_exemplars", "boxes_for", "image_inputs", "check_user_inputs",
            "EXTENSIONS"]
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+EXTENSIONS = image_list.EXTENSIONS
 
 
 def make_predict_fn(eval_step, state, compiler_options=None, devices=None):
@@ -215,21 +215,14 @@ def predict_counts(predict, images, image_size, *, stride: int,
   return dens, counts
 
 
-def list_images(images_dir) -> list:
-  """Image files (``EXTENSIONS``) of a folder, sorted.
+def list_images(images) -> list:
+  """Image files of ``images`` (a file, folder or glob, or a sequence of
+  them), naturally sorted (``image_list.expand``).
 
   Raises:
-    FileNotFoundError: when the folder is missing or holds no image.
+    FileNotFoundError: naming the input that names no image.
   """
-  images_dir = pathlib.Path(images_dir)
-  if not images_dir.is_dir():
-    raise FileNotFoundError(f"images folder not found: {images_dir}")
-  files = sorted(p for p in images_dir.iterdir()
-                 if p.suffix.lower() in EXTENSIONS)
-  if not files:
-    raise FileNotFoundError(f"no image files ({list(EXTENSIONS)}) in "
-                            f"{images_dir}")
-  return files
+  return image_list.expand(images)
 
 
 def image_inputs(image, name: str, method, *, multiple: int, mean, std,
@@ -260,9 +253,11 @@ def count_images(predict, files, out_dir, *, method, multiple: int,
   """Counts each image file at full resolution (zero-padded at the bottom/
   right to ``multiple``; the count sums the density cells that cover the
   real image, as in evaluation: :func:`predict_counts`), writes
-  ``counts.csv`` and, with ``panels_too``, one ``<stem>_density.png`` panel
-  per image (the cells covering the image) to ``out_dir``; returns
-  {file name: count}.
+  ``counts.csv`` (one row per image, in the order of ``files``, flushed as
+  each count is made, so an interrupted run keeps what it counted) and, with
+  ``panels_too``, one ``<stem>_density.png`` panel per image (the cells
+  covering the image) to ``out_dir``; returns {file name: count} (the path
+  where two files share a name).
 
   Args:
     predict: :func:`make_predict_fn`.
@@ -275,28 +270,43 @@ def count_images(predict, files, out_dir, *, method, multiple: int,
     panels_too: write the panels.
     text: class name given to every image (text-guided methods).
     exemplars: {file name or stem: boxes [K, 4]} (exemplar methods).
+
+  Raises:
+    image_list.UnreadableImagesError: after counting every readable image,
+      naming the files that could not be read (their rows are left out).
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  counts = {}
+  names = [p.name for p in map(pathlib.Path, files)]
+  counts, failures = {}, []
   stride = method.stride
-  for path in files:
-    image = files_lib.read_rgb(path)
-    batch, size = image_inputs(image, path.name, method, multiple=multiple,
-                               mean=mean, std=std, text=text,
-                               exemplars=exemplars)
-    dens, count = predict_counts(predict, batch, size, stride=stride,
-                                 multiple=multiple, **(tiling_kwargs or {}))
-    counts[path.name] = float(count[0])
-    if panels_too:
-      panels.save_panel(out_dir / f"{path.stem}_density.png", image,
-                        density_lib.crop_to_image(dens[0], size[0], stride),
-                        title=path.name)
   with open(out_dir / "counts.csv", "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(["image", "count"])
-    for name, c in counts.items():
-      w.writerow([name, f"{c:.3f}"])
+    f.flush()
+    for path in map(pathlib.Path, files):
+      name = path.name if names.count(path.name) == 1 else str(path)
+      try:
+        image = files_lib.read_rgb(path)
+      except (OSError, ValueError) as e:
+        failures.append((path, str(e).split(": ", 1)[-1]))
+        continue
+      batch, size = image_inputs(image, path.name, method,
+                                 multiple=multiple, mean=mean, std=std,
+                                 text=text, exemplars=exemplars)
+      dens, count = predict_counts(predict, batch, size, stride=stride,
+                                   multiple=multiple,
+                                   **(tiling_kwargs or {}))
+      counts[name] = float(count[0])
+      w.writerow([name, f"{counts[name]:.3f}"])
+      f.flush()
+      if panels_too:
+        stem = pathlib.Path(name).with_suffix("").as_posix().replace("/", "_")
+        panels.save_panel(out_dir / f"{stem}_density.png", image,
+                          density_lib.crop_to_image(dens[0], size[0], stride),
+                          title=name)
+  if failures:
+    raise image_list.UnreadableImagesError(counts, failures)
   return counts
 
 
