@@ -28,6 +28,8 @@ optional field the trainer reads, with the default below, so the loop reads
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 __all__ = ["DEFAULTS", "complete", "DEFAULT_YNN_FUSION_TYPE"]
@@ -75,6 +77,7 @@ def _fill(config, defaults):
 def complete(config) -> ml_collections.ConfigDict:
   """A copy of ``config`` with every missing optional field (``DEFAULTS``)
   added; fields the config sets are kept. The copy is unlocked."""
-  out = ml_collections.ConfigDict(config.to_dict())
+  out = copy.deepcopy(config)  # keeps placeholders' types
+  out.unlock()
   _fill(out, DEFAULTS)
   return out
