@@ -15,14 +15,15 @@ convention of GeomLoss's KL-regularised unbalanced OT
    \\qquad P_{ij} = a_i b_j e^{(F_i + G_j - C_{ij})/\\varepsilon}:
 
 * :func:`epsilon_scaling_potentials`: GeomLoss's annealed loop (what GL's
-  official code runs; it is *not* converged, ``crowd_losses.md`` §1.5);
+  official code runs: a fixed annealing schedule whose last iterate is
+  used as is, *not* converged);
   :func:`epsilon_scaling_potentials_online` runs the same loop with the
   costs computed on the fly, block by block of pixels, never storing the
   n x m matrix (:func:`softmins_online`, :func:`map_pixel_blocks`; memory
   O(n + m + block · m));
 * :func:`kl_problem` + :func:`solve`: ott-jax's Sinkhorn on the shifted cost
   C_ij - ε log a_i - ε log b_j with τ = ρ / (ρ + ε), whose ``f, g`` equal F, G
-  at convergence (``crowd_losses.md`` §1.7, §9).
+  at convergence (the fixed point of both is the same unbalanced problem).
 
 Gradients. ott's default gradient of an *unbalanced* ``reg_ot_cost`` with
 respect to the marginals is wrong (implicit differentiation with Danskin's
@@ -416,7 +417,7 @@ def kl_problem(cost, a, b, *, epsilon: float, reach: float):
   ott regularises with -ε H(P) and fits marginals with ρ KL, ρ = ε τ/(1 - τ).
   With the shifted cost C_ij - ε log a_i - ε log b_j (zero-mass entries are
   not shifted: ott masks them) and τ = ρ / (ρ + ε) on both sides, its plan and
-  potentials ``f, g`` equal GeomLoss's P, F, G (``crowd_losses.md`` §1.7).
+  potentials ``f, g`` equal GeomLoss's P, F, G at convergence.
   """
   la = jnp.where(a > 0, jnp.log(jnp.where(a > 0, a, 1.0)), 0.0)
   lb = jnp.where(b > 0, jnp.log(jnp.where(b > 0, b, 1.0)), 0.0)

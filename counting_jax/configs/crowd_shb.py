@@ -20,7 +20,8 @@ Arguments (``--config crowd_shb:loss=gl,smoke=True``):
     (the images present) and tested on two of its images; no published
     figures are printed (they are for the full protocol).
 
-Recipe (``counting_jax.data.presets`` and crowd_losses.md §5): random
+Recipe (``counting_jax.data.presets``, with the official repositories'
+files and lines): random
 512x512 crops with horizontal flips, ImageNet normalisation, Adam lr 1e-5
 with weight decay 1e-4; BL/GL batch 1, DM-Count batch 10; the papers train
 1000 epochs (400 images: 400k steps at batch 1) from ImageNet VGG19 weights

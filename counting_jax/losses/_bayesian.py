@@ -340,7 +340,7 @@ def bayesian_loss(density, points, point_mask, *, stride: int,
   ``losses/post_prob.py`` (posterior, background :37-40), ``bay_loss.py``
   (L1 and batch mean), ``train.py:44-46`` (σ = 8, ratio 1.0). Its squared
   distances use the expansion, our default ("expanded"; "exact" avoids its
-  float32 cancellation). Parity with ``official_values/bl.npz``:
+  float32 cancellation). Parity with the official values (the tests):
   ``stride=8, sigma=8, image_size=st_size, targets=targets`` with
   ``use_background`` True/False.
   """

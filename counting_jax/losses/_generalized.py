@@ -196,8 +196,8 @@ def generalized_loss(density, points, point_mask, *, stride: int,
   ``utils/emd_dot_trainer.py`` (grid, ``per_cost``, loss terms) with its
   bundled GeomLoss ``sinkhorn_divergence.py`` (``debias=False``,
   tensorized). Differences: none in the default configuration (values and
-  gradients match ``official_values/gl.npz``); padded points and the
-  ``converged`` solver are additions. Details: ``crowd_losses.md`` §3.4, §9.
+  gradients match the official code's on real ShanghaiTech crops, checked
+  by the tests); padded points and the ``converged`` solver are additions.
   """
   _checks.check_inputs(density, points, point_mask)
   if solver not in _SOLVERS:
