@@ -15,7 +15,10 @@ A method is a frozen record of plain values and pure functions; the trainer
   token ids, dense masks), and the host-side hooks that add method targets
   before / after augmentation;
 - **loss**: ``loss(outputs, batch) -> (scalar, {name: [B] terms})``, pure
-  and jit-compiled inside the train step (``outputs`` float32);
+  and jit-compiled inside the train step (``outputs`` float32); in
+  training the trainer adds ``batch["epoch"]`` int32 [B], the 0-based epoch
+  of the step (losses that change with the epoch, e.g. mPrompt's online
+  prompt);
 - **density**: ``density(outputs) -> float32 [B, h, w]`` in count units: what
   counting metrics, panels, ``eval`` and ``predict`` use;
 - optionally **param_labels** (``params -> pytree of group names`` for

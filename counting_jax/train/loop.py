@@ -198,8 +198,13 @@ def train_and_evaluate(config, workdir) -> dict:
   t0, n_timed = time.time(), 0
   try:
     for step in range(start, config.total_steps):
-      state, metrics = train_step(state, sharding.shard_batch(next(batches),
-                                                              mesh))
+      batch = next(batches)
+      # The 0-based epoch of this step, for losses that change with it
+      # (mPrompt's online prompt); other losses ignore the field.
+      batch["epoch"] = np.full(
+          (len(batch["image"]),),
+          epochs_done(step, inp.batch_size, len(stream)), np.int32)
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
       pending.append(metrics)
       n_timed += 1
       done = step + 1
