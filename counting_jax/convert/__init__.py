@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from counting_jax.convert import hrnet_keys
+from counting_jax.convert import mprompt_keys
 from counting_jax.convert import resnet_keys
 from counting_jax.convert import vgg_keys
 from counting_jax.convert.orbax_io import load_variables
@@ -28,7 +29,7 @@ from counting_jax.convert.orbax_io import save_variables
 from counting_jax.convert.torch import apply_rules
 from counting_jax.convert.torch import load_state_dict
 
-__all__ = ["KEY_MAPS", "build_model", "abstract_variables",
+__all__ = ["KEY_MAPS", "KEY_NORMALIZERS", "build_model", "abstract_variables",
            "convert_state_dict", "convert_checkpoint", "save_variables",
            "load_variables"]
 
@@ -57,6 +58,15 @@ KEY_MAPS = {
     "gl_vgg19_tiny": vgg_keys.gl_vgg19,
     "pml_vgg19_tiny": vgg_keys.pml_vgg,
     "pml_hrnet_tiny": hrnet_keys.pml_hrnet,
+    "mprompt_hrnet_w40": mprompt_keys.mprompt,
+    "mprompt_tiny": mprompt_keys.mprompt,
+}
+
+# Model name -> fn(state_dict, name) -> state_dict applied before the key
+# map (legacy key names of released checkpoints).
+KEY_NORMALIZERS = {
+    "mprompt_hrnet_w40": mprompt_keys.normalize,
+    "mprompt_tiny": mprompt_keys.normalize,
 }
 
 # Parameter shapes do not depend on the image size; 64 suits every stride.
@@ -95,6 +105,8 @@ def convert_state_dict(state_dict, model_name: str, *,
   """
   model = build_model(model_name, **model_kwargs)
   rules, ignore = KEY_MAPS[model_name](model)
+  if model_name in KEY_NORMALIZERS:
+    state_dict = KEY_NORMALIZERS[model_name](state_dict, name)
   return apply_rules(state_dict, rules, abstract_variables(model),
                      ignore=ignore, name=name)
 

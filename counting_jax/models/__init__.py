@@ -12,6 +12,7 @@ import functools
 
 from counting_jax.models.fcrn import FCRNA
 from counting_jax.models.unet import UNet
+from counting_jax.models import mprompt
 from counting_jax.models import pml
 from counting_jax.models import vgg19_density
 
@@ -31,6 +32,9 @@ MODELS = {
     "gl_vgg19_tiny": vgg19_density.GL_VGG19_TINY,
     "pml_vgg19_tiny": pml.PML_VGG19_TINY,
     "pml_hrnet_tiny": pml.PML_HRNET_TINY,
+    # mPrompt (regressor + segmenter; outputs a dict, stride 1).
+    "mprompt_hrnet_w40": mprompt.MPROMPT_HRNET_W40,
+    "mprompt_tiny": mprompt.MPROMPT_TINY,
     # Test-only tiny variants.
     "fcrn_a_tiny": functools.partial(FCRNA, widths=(4, 4, 8, 8)),
     "unet_tiny": functools.partial(UNet, widths=(4, 8)),

@@ -137,11 +137,14 @@ class HRNet(nn.Module):
     fuse_upsample: ``'nearest'`` (ImageNet HRNet, timm) or ``'bilinear'``
       (segmentation HRNet, PML; ``align_corners=False``).
     momentum: Flax BatchNorm momentum (0.9 = PyTorch 0.1; 0.99 = 0.01).
+    return_layer1: also return layer1's output (mPrompt's heads read it).
     dtype: compute dtype (params stay float32).
 
   Call: ``x`` float [B, H, W, 3] (H, W multiples of 32 with the default
-  stem) -> list of 4 arrays [B, H / s, W / s, widths[b]], s = 4, 8, 16, 32,
-  in ``dtype``.
+  stem, of 16 with ``stem_strides=(2, 1)``) -> list of 4 arrays
+  [B, H / s, W / s, widths[b]], s = 4, 8, 16, 32 (halved by a stride-1
+  second stem conv), in ``dtype``; with ``return_layer1``, the pair (that
+  list, layer1's output [B, H / 4, W / 4, 4 layer1_planes]).
   """
   widths: Sequence[int] = (48, 96, 192, 384)
   stem_width: int = 64
@@ -152,6 +155,7 @@ class HRNet(nn.Module):
   num_blocks: int = 4
   fuse_upsample: str = "nearest"
   momentum: float = 0.9
+  return_layer1: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -172,7 +176,7 @@ class HRNet(nn.Module):
     for k in range(self.layer1_blocks):
       x = Bottleneck(self.layer1_planes, project=k == 0, name=f"layer1_{k}",
                      **kw)(x, train=train)
-    xs, previous = [x], [4 * self.layer1_planes]
+    layer1, xs, previous = x, [x], [4 * self.layer1_planes]
     for stage, modules in zip((2, 3, 4), self.stage_modules):
       widths = list(self.widths[:stage])
       xs = self._transition(xs, previous, widths, stage - 1, train)
@@ -181,7 +185,7 @@ class HRNet(nn.Module):
                       fuse_upsample=self.fuse_upsample,
                       name=f"stage{stage}_{m}", **kw)(xs, train=train)
       previous = widths
-    return xs
+    return (xs, layer1) if self.return_layer1 else xs
 
   def _transition(self, xs, previous, widths, t, train):
     kw = dict(momentum=self.momentum, dtype=self.dtype)
