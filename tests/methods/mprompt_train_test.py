@@ -1,0 +1,64 @@
+"""mPrompt through the one trainer on the real ShanghaiTech Part A test
+files in ../shared/data (tiny network, 64-px crops): the smoke config trains
+across an epoch boundary into the online prompt (the loss reads the epoch
+the trainer adds), evaluates whole resized images and localizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import mprompt as mprompt_config
+from counting_jax import methods
+from counting_jax.train import loop
+
+
+@pytest.fixture(scope="module")
+def sha_root(tmp_path_factory, shared_data):
+  root = shared_data("shanghaitech")
+  if not (root / "part_A" / "test_data" / "images" / "IMG_1.jpg").is_file():
+    pytest.skip("../shared/data/shanghaitech has no Part A test images")
+  return root, tmp_path_factory.mktemp("tfds")
+
+
+def test_smoke_run_trains_into_the_online_prompt(sha_root, tmp_path, capsys):
+  root, data_dir = sha_root
+  config = mprompt_config.get_config("dataset=sha,smoke=True")
+  config.dataset.manual_dir = str(root)
+  config.dataset.data_dir = str(data_dir)
+  config.quiet = True
+  # 10 images at batch 2: 5 steps per epoch; step 6 is in epoch 1.
+  config.method.online_after = 1
+  config.total_steps = 6
+  config.checkpoint_every = 6
+  config.dataset.test_split = "test[:1]"
+  result = loop.train_and_evaluate(config, tmp_path / "run")
+  assert result["n"] == 1 and result["step"] == 6
+  rows = [json.loads(l) for l in
+          (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in rows if "train/loss" in r]
+  assert len(train) == 6
+  for r in train:
+    assert np.isfinite(r["train/loss"])
+    assert {"train/loss/density", "train/loss/count", "train/loss/seg",
+            "train/loss/context"} <= set(r)
+  counts = json.loads((tmp_path / "run" / "counts.json").read_text())
+  # The whole image (resized by the SHA rule) is counted against all its
+  # points (IMG_10, 1111 people).
+  assert [v["true"] for v in counts.values()] == [1111]
+  assert "published" not in capsys.readouterr().out
+
+
+def test_method_fields_and_errors():
+  config = mprompt_config.get_config("dataset=qnrf")
+  assert config.method.resize_rule == "large"
+  assert config.total_steps == 52_544  # 700 epochs of 1201 images, batch 16
+  method = methods.build(config)
+  assert method.stride == 1 and method.inputs == ("image",)
+  config.method.prompt = "segmenter"
+  with pytest.raises(ValueError, match="prompt"):
+    methods.build(config)
+  with pytest.raises(ValueError, match="dataset must be one of"):
+    mprompt_config.get_config("dataset=jhu")
