@@ -1,4 +1,4 @@
-"""Parity of the mPrompt converter: a PyTorch mPrompt written here (the
+"""Parity of the mPrompt converter: a PyTorch mPrompt (``torch_reference``: the
 official network's structure and key names: HRNet with a stride-1 second
 stem conv, layer1 concat, ASPP, segmenter attention) against the converted
 Flax model, with both segmenter key names; ImageNet HRNet weights into the
@@ -15,8 +15,6 @@ from counting_jax.convert import cli
 from counting_jax.models import mprompt as mprompt_model
 
 torch = pytest.importorskip("torch")
-from torch import nn  # pylint: disable=g-import-not-at-top,wrong-import-position
-from torch.nn import functional as F  # pylint: disable=g-import-not-at-top,wrong-import-position
 import parity  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -28,77 +26,9 @@ W40_HEADS = dict(seg=(128, 64, 32), redc=128, count=(64, 32))
 GAMMA = (0.2, 0.6)
 
 
-def _conv_bn_relu(cin, cout, momentum=0.01):
-  return [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout,
-                                                        momentum=momentum),
-          nn.ReLU()]
-
-
-class TorchMPrompt(nn.Module):
-  """The official reg-seg network: HRNet (second stem conv stride 1) and
-  its heads, official key names (module-level keys, no prefix)."""
-
-  def __init__(self, widths, heads, **hrnet):
-    super().__init__()
-    self.hrnet = tr.TorchHRNet(widths=widths, head=False, **hrnet)
-    stem = self.hrnet.conv2
-    self.hrnet.conv2 = nn.Conv2d(stem.in_channels, stem.out_channels, 3, 1, 1,
-                                 bias=False)
-    cin = sum(widths) + 4 * hrnet["layer1_planes"]
-    s1, s2, s3 = heads["seg"]
-    self.last_layer_seg = nn.Sequential(*_conv_bn_relu(cin, s1),
-                                        *_conv_bn_relu(s1, s2),
-                                        *_conv_bn_relu(s2, s3))
-    self.segHead = nn.Conv2d(s3, 1, 1)
-    r = heads["redc"]
-    aspp = []
-    for d in (2, 4, 6, 8):
-      aspp += [nn.Conv2d(r, r, 3, padding=d, dilation=d), nn.BatchNorm2d(r)]
-    self.aspp = nn.ModuleList(aspp)
-    self.redc_layer = nn.Sequential(*_conv_bn_relu(cin, r))
-    c1, c2 = heads["count"]
-    self.last_layer_count = nn.Sequential(*_conv_bn_relu(r, c1),
-                                          *_conv_bn_relu(c1, c2))
-    self.countHead = nn.Conv2d(c2, 1, 1)
-
-  def state_dict(self, *args, **kwargs):  # official keys: no "hrnet." prefix
-    return {k.removeprefix("hrnet."): v
-            for k, v in super().state_dict(*args, **kwargs).items()}
-
-  def forward(self, x):
-    h = self.hrnet
-    x = F.relu(h.bn1(h.conv1(x)))
-    x = F.relu(h.bn2(h.conv2(x)))
-    layer1 = h.layer1(x)
-    xs = [layer1]
-    for stage in (2, 3, 4):
-      transition = getattr(h, f"transition{stage - 1}")
-      xs = [xs[i] if t is None else t(xs[-1]) for i, t in enumerate(
-          transition)]
-      for module in getattr(h, f"stage{stage}"):
-        xs = module(xs)
-    size = xs[0].shape[-2:]
-    x = torch.cat([xs[0]] + [F.interpolate(v, size=size, mode="bilinear",
-                                           align_corners=False)
-                             for v in xs[1:]] + [layer1], 1)
-    att = (torch.tanh(self.last_layer_seg(x)) + 1) / 2
-    x = self.redc_layer(x)
-    outs = [self.aspp[2 * k + 1](self.aspp[2 * k](x)) for k in range(4)]
-    for o in outs:
-      x = x + o * 0.25
-    x = F.relu(self.last_layer_count(F.relu(x)))
-    x = self.countHead(x * att)
-    full = (2 * size[0], 2 * size[1])
-    x = F.relu(F.interpolate(x, size=full, mode="bilinear",
-                             align_corners=False))
-    seg = self.segHead(F.interpolate(att, size=full, mode="bilinear",
-                                     align_corners=False))
-    return x, (torch.tanh(seg) + 1) / 2
-
-
 @pytest.fixture(scope="module")
 def tiny():
-  module = tr.randomize(TorchMPrompt(heads=TINY_HEADS, **TINY), seed=5,
+  module = tr.randomize(tr.TorchMPrompt(heads=TINY_HEADS, **TINY), seed=5,
                         bn_gamma=GAMMA)
   with torch.no_grad():  # a density that the final ReLU does not zero
     module.countHead.bias.fill_(0.5)
@@ -154,7 +84,7 @@ def test_cli_converts_a_checkpoint(tiny, tmp_path, capsys):
 
 
 def test_full_size_key_map():
-  state = parity.meta_state_dict(lambda: TorchMPrompt(
+  state = parity.meta_state_dict(lambda: tr.TorchMPrompt(
       widths=(40, 80, 160, 320), heads=W40_HEADS, layer1_planes=64))
   assert len(state) > 1000 and "last_layer_seg.7.running_var" in state
   variables = convert.convert_state_dict(state, "mprompt_hrnet_w40")
