@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from counting_jax.methods import mprompt_loss
 from counting_jax.methods import mprompt_targets
 from counting_jax.models import mprompt as mprompt_model
+from counting_jax.models.backbones import _ops
 from counting_jax.train import compile_options
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -60,9 +61,11 @@ def _targets(batch, size, seed=0):
   return np.stack(out)
 
 
-def jax_step(batch, size):
+def jax_step(batch, size, xla_defaults=False, cpu_tricks=None):
   """Zero-argument function: gradients of the loss w.r.t. every parameter
-  (and the new BatchNorm statistics), compiled."""
+  (and the new BatchNorm statistics), compiled with the trainer's XLA
+  options (or XLA's defaults) and the CPU tricks on, off or None (default:
+  on the CPU backend)."""
   model = mprompt_model.MPROMPT_HRNET_W40()
   image = jnp.asarray(np.random.default_rng(0).normal(
       size=(batch, size, size, 3)), jnp.float32)
@@ -89,11 +92,13 @@ def jax_step(batch, size):
     value, _ = mprompt_loss.mprompt_loss(out, b)
     return value, new
 
-  grad = jax.jit(jax.grad(loss, has_aux=True),
-                 compiler_options=compile_options.compiler_options())
+  options = (compile_options.compiler_options(None) if xla_defaults else
+             compile_options.compiler_options())
+  grad = jax.jit(jax.grad(loss, has_aux=True), compiler_options=options)
   start = time.perf_counter()
-  grad = grad.lower(variables["params"], variables["batch_stats"], image,
-                    batch_dict).compile()
+  with _ops.cpu_tricks(cpu_tricks):  # applies at tracing
+    grad = grad.lower(variables["params"], variables["batch_stats"], image,
+                      batch_dict).compile()
   print(f"JAX compile: {time.perf_counter() - start:.1f} s")
   return lambda: jax.block_until_ready(grad(
       variables["params"], variables["batch_stats"], image, batch_dict))
@@ -193,6 +198,12 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--shared", default=str(REPO.parent / "shared"))
   parser.add_argument("--skip-model", action="store_true")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="XLA's default CPU options (YNNPACK convolutions) "
+                      "instead of the trainer's")
+  parser.add_argument("--no-cpu-tricks", action="store_true",
+                      help="standard convolution gradients on CPU")
+  parser.add_argument("--skip-torch", action="store_true")
   args = parser.parse_args(argv)
   iters = 1 if args.quick else args.iters
   target_building(pathlib.Path(args.shared))
@@ -202,14 +213,17 @@ def main(argv=None):
         f"batch {args.batch}, {args.size}x{args.size}, median of {iters} "
         f"(jax {jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__}, 2 threads)")
-  fns = {"JAX": jax_step(args.batch, args.size),
-         "PyTorch": torch_step(args.batch, args.size)}
+  fns = {"JAX": jax_step(args.batch, args.size, args.xla_defaults,
+                         False if args.no_cpu_tricks else None)}
+  if not args.skip_torch:
+    fns["PyTorch"] = torch_step(args.batch, args.size)
   t = measure(fns, iters)
   rate = {k: args.batch / v for k, v in t.items()}
   print(f"{'':<10}{'s/step':>10}{'img/s':>10}")
   for k in fns:
     print(f"{k:<10}{t[k]:>10.2f}{rate[k]:>10.3f}")
-  print(f"JAX / PyTorch: {rate['JAX'] / rate['PyTorch']:.2f}x")
+  if "PyTorch" in rate:
+    print(f"JAX / PyTorch: {rate['JAX'] / rate['PyTorch']:.2f}x")
 
 
 if __name__ == "__main__":

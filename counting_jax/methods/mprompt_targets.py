@@ -295,7 +295,8 @@ def add_targets(sample, *, rule: str, prompt: str = "points", k: int = 3,
 
   Raises:
     ValueError: naming the image for an unknown ``prompt``, a sample that
-      already holds ``masks``, ``prompt="boxes"`` without boxes, or
+      already holds ``masks``, ``prompt="boxes"`` on a sample with points
+      but no boxes (a data set without head boxes), or
       ``prompt="file"`` without ``pseudo_mask``.
   """
   sid = sample.get("image_id", "?")
@@ -317,9 +318,9 @@ def add_targets(sample, *, rule: str, prompt: str = "points", k: int = 3,
   knn = knn_mask(pixels, rh, rw, k)
   mp = None
   if prompt == "boxes":
-    if len(out["boxes"]) == 0:
+    if len(out["boxes"]) == 0 and len(pixels):
       raise ValueError(f"{sid}: prompt='boxes' needs head boxes; the sample "
-                       "has none")
+                       "has points but no boxes")
     mp = box_mask(out["boxes"], rh, rw)
   elif prompt == "file":
     if pseudo is None:

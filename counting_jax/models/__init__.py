@@ -3,7 +3,8 @@
 Every model is a linen module called as ``model.apply(variables, image,
 train=...)`` on ``image`` float [B, H, W, 3] and returning the density
 float32 [B, H // stride, W // stride]; its ``stride`` attribute gives the
-density stride. BatchNorm statistics live in the ``batch_stats`` collection.
+density stride (mPrompt's models return a dict {"density", "seg"} of such
+maps). BatchNorm statistics live in the ``batch_stats`` collection.
 """
 
 from __future__ import annotations

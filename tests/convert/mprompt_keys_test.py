@@ -78,9 +78,9 @@ def test_cli_converts_a_checkpoint(tiny, tmp_path, capsys):
                    "--out", str(out)]) == 0, capsys.readouterr().err
   model = convert.build_model("mprompt_tiny")
   restored = convert.load_variables(out, convert.abstract_variables(model))
+  kernel = np.asarray(restored["params"]["heads"]["count_head"]["kernel"])
   np.testing.assert_array_equal(
-      np.asarray(restored["params"]["heads"]["count_head"]["kernel"])[0, 0, :, 0],
-      tiny[0].countHead.weight.detach().numpy()[0, :, 0, 0])
+      kernel[0, 0, :, 0], tiny[0].countHead.weight.detach().numpy()[0, :, 0, 0])
 
 
 def test_full_size_key_map():

@@ -115,7 +115,8 @@ def test_knn_rule_on_a_hand_made_layout():
 
 
 def test_box_mask_and_offline_prompt():
-  m = mt.box_mask([[1.0, 2.0, 3.0, 4.0]], 6, 6)  # centres x 1.5, 2.5; y 2.5, 3.5
+  # Pixel centres inside: x 1.5, 2.5; y 2.5, 3.5.
+  m = mt.box_mask([[1.0, 2.0, 3.0, 4.0]], 6, 6)
   assert m.sum() == 4 and m[2:4, 1:3].all()
   by = np.zeros((6, 6), bool)
   by[0, 0] = True
@@ -132,3 +133,20 @@ def test_kernel_is_normalised_and_border_mass_is_lost():
   d = mt.density_map(np.array([[0, 0], [20, 20]]), 40, 40, float16=False)
   # Corner point keeps the kernel's lower-right 8 x 8 block.
   np.testing.assert_allclose(d.sum(), 1 + k[7:, 7:].sum(), rtol=1e-6)
+
+
+def test_box_prompt_in_the_hook():
+  sample = {"image": np.zeros((64, 96, 3), np.uint8),
+            "points": np.array([[10.2, 20.7]], np.float32),
+            "boxes": np.array([[40, 30, 50, 44]], np.float32),
+            "image_id": "b", "class_name": ""}
+  out = mt.add_targets(sample, rule="none", prompt="boxes")
+  m, by = out["masks"][..., 1] > 0, out["masks"][..., 0] > 0
+  box = mt.box_mask(sample["boxes"], 64, 96)
+  assert box.sum() == 10 * 14
+  np.testing.assert_array_equal(m, by | box)
+  np.testing.assert_array_equal(out["masks"][..., 2], 1.0)  # < 4 points
+  empty = dict(sample, points=np.zeros((0, 2), np.float32),
+               boxes=np.zeros((0, 4), np.float32))
+  out = mt.add_targets(empty, rule="none", prompt="boxes")
+  assert out["masks"][..., :2].sum() == 0
