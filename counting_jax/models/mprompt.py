@@ -26,9 +26,9 @@ the paper, and what we do the same:
 * **BatchNorm**: momentum 0.01 in PyTorch's convention (Flax 0.99) in the
   backbone and heads, PyTorch's default 0.1 (Flax 0.9) in the ASPP; eps
   1e-5. Flax's running variance uses the biased batch variance where
-  PyTorch uses the unbiased one (a relative difference of 1/(n - 1) for
-  n = batch x pixels per channel in each update: 1e-6 for two 400 x 400
-  crops).
+  PyTorch uses the unbiased one: each update differs by a relative
+  1/(n - 1), n = batch x pixels per channel (n = 80,000 at stride 2 for
+  two 400 x 400 crops: 1.3e-5).
 
 Params: ``backbone`` (:class:`~counting_jax.models.backbones.hrnet.HRNet`),
 ``heads`` (:class:`MPromptHeads`: ``seg_conv{0,1,2}``/``seg_bn{0,1,2}``,
