@@ -37,8 +37,9 @@ import numpy as np
 from ott.tools import k_means as ott_k_means
 
 from counting_jax.models import seg_then_count as stc
+from counting_jax.models.backbones import resnet
 
-__all__ = ["KS", "patch_boxes", "kmeans_labels", "cluster_masks",
+__all__ = ["KS", "make_embedder", "patch_boxes", "kmeans_labels", "cluster_masks",
            "choose_k", "pseudo_masks", "write_pseudo_masks",
            "read_pseudo_masks", "PSEUDO_MASK_DATASET"]
 
@@ -76,17 +77,55 @@ def patch_boxes(grid_hw: tuple[int, int], exemplars, exemplar_mask,
                   -1).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iterations"))
-def _kmeans(points, weights, rng, *, k, n_init, max_iterations):
+def make_embedder(variables, *, stage_sizes=(3, 4, 6, 3), width: int = 64,
+                  layer: int = 3, chunk: int = 128) -> Callable:
+  """The frozen ImageNet ResNet-50 as a patch embedder (§3.2 step 2).
+
+  Args:
+    variables: {'params', 'batch_stats'} of ``ResNet(stage_sizes, width,
+      num_layers=layer)`` (``counting-jax convert --model resnet50`` of
+      torchvision's ImageNet checkpoint).
+    stage_sizes, width: the ResNet (ResNet-50 by default).
+    layer: the ResNet layer whose global average is the embedding (3: 1024
+      channels for ResNet-50; not given in the paper).
+    chunk: crops per compiled call (the last chunk is padded; one
+      compilation per crop size).
+
+  Returns:
+    ``crops float [N, p, p, 3] (normalised) -> float32 numpy [N, C]``.
+  """
+  net = resnet.ResNet(stage_sizes=tuple(stage_sizes), width=width,
+                      num_layers=layer)
+  run = jax.jit(lambda v, x: net.apply(v, x, train=False)[-1].astype(
+      jnp.float32).mean((1, 2)))
+
+  def embed(crops):
+    crops = jnp.asarray(crops, jnp.float32)
+    n = crops.shape[0]
+    out = []
+    for i in range(0, n, chunk):
+      part = crops[i:i + chunk]
+      pad = chunk - part.shape[0]
+      if pad:
+        part = jnp.concatenate([part, jnp.repeat(part[:1], pad, 0)])
+      out.append(np.asarray(run(variables, part))[:chunk - pad])
+    return np.concatenate(out)
+
+  return embed
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iterations",
+                                             "tol"))
+def _kmeans(points, weights, rng, *, k, n_init, max_iterations, tol):
   out = ott_k_means.k_means(points, k, weights=weights, n_init=n_init,
-                            max_iterations=max_iterations, rng=rng)
+                            max_iterations=max_iterations, tol=tol, rng=rng)
   return out.assignment, out.centroids, out.error
 
 
-@functools.partial(jax.jit, static_argnames=("k", "max_iterations"))
-def _kmeans_from(points, weights, init, *, k, max_iterations):
+@functools.partial(jax.jit, static_argnames=("k", "max_iterations", "tol"))
+def _kmeans_from(points, weights, init, *, k, max_iterations, tol):
   out = ott_k_means.k_means(points, k, weights=weights, n_init=1,
-                            init=lambda *_: init,
+                            init=lambda *_: init, tol=tol,
                             max_iterations=max_iterations)
   return out.assignment, out.centroids, out.error
 
@@ -100,7 +139,7 @@ def _pad(points, bucket: int):
 
 
 def kmeans_labels(points, k: int, *, seed: int = 0, n_init: int = 10,
-                  max_iterations: int = 300, init=None,
+                  max_iterations: int = 300, tol: float = 1e-4, init=None,
                   bucket: int = 256) -> np.ndarray:
   """K-means cluster labels of ``points`` (ott-jax, jit-compiled per k).
 
@@ -110,6 +149,8 @@ def kmeans_labels(points, k: int, *, seed: int = 0, n_init: int = 10,
     seed: seed of the k-means++ initialisations.
     n_init: restarts (the lowest inertia wins), as scikit-learn's default.
     max_iterations: Lloyd iterations per restart.
+    tol: stop when the centroids move less than ``tol`` relative to their
+      norm (ott-jax's rule).
     init: optional float [k, D] initial centroids (then one run).
     bucket: the point set is padded up to a multiple of ``bucket`` with
       zero-weight copies of ``points[0]`` (they move no centroid and, being
@@ -128,10 +169,10 @@ def kmeans_labels(points, k: int, *, seed: int = 0, n_init: int = 10,
   x, w = _pad(points, bucket)
   if init is None:
     labels, _, _ = _kmeans(x, w, jax.random.key(seed), k=k, n_init=n_init,
-                           max_iterations=max_iterations)
+                           max_iterations=max_iterations, tol=tol)
   else:
     labels, _, _ = _kmeans_from(x, w, jnp.asarray(init, jnp.float32), k=k,
-                                max_iterations=max_iterations)
+                                max_iterations=max_iterations, tol=tol)
   return np.asarray(labels[:len(points)], np.int32)
 
 
@@ -223,36 +264,80 @@ def pseudo_masks(*, embed: Callable, count: Callable, image, similarity,
           "mask": masks[idx], "errors": errors}
 
 
+def _features():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.features.FeaturesDict({
+      "image_id": tfds.features.Text(),
+      "mask": tfds.features.Tensor(shape=(None, None, 1), dtype=np.uint8,
+                                   encoding="zlib"),
+      "k": tfds.features.Scalar(dtype=np.int32),
+      "errors": tfds.features.Tensor(shape=(len(KS),), dtype=np.float32)})
+
+
+def _builder_class():
+  """A TFDS builder over rows given in Python (array_record, no TensorFlow;
+  built lazily so that importing this module does not import TFDS)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class SegThenCountPseudoMasks(tfds.core.GeneratorBasedBuilder,
+                                skip_registration=True):
+    """Seg-then-Count pseudo masks M* with K* and the eq. 5 errors."""
+    name = PSEUDO_MASK_DATASET
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def __init__(self, *, rows=(), split="train", **kwargs):
+      self._rows, self._split = list(rows), split
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          features=_features(), disable_shuffling=True,
+          description="Seg-then-Count pseudo masks M* (cells of the "
+          "stride-16 similarity map) with K* and the eq. 5 errors for "
+          "K = 2..6.")
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {self._split: self._generate_examples()}
+
+    def _generate_examples(self):
+      for row in self._rows:
+        yield row["image_id"], row
+
+  return SegThenCountPseudoMasks
+
+
 def write_pseudo_masks(records: Iterable[dict], data_dir, *,
                        split: str = "train"):
   """Writes pseudo masks once as a TFDS data set (array_record).
 
   Args:
-    records: dicts with ``image_id`` str, ``mask`` bool [h, w] (M*), ``k``
-      int (K*) and ``errors`` float [5] (eq. 5 per K).
+    records: dicts with ``image_id`` str (unique), ``mask`` bool [h, w]
+      (M*), ``k`` int (K*) and ``errors`` float [5] (eq. 5 per K).
     data_dir: TFDS data directory; the set is named
-      ``seg_then_count_pseudo_masks``.
+      ``seg_then_count_pseudo_masks`` (version 1.0.0).
     split: the split name (the FSC-147 split the masks come from).
 
   Returns:
     the TFDS builder (``builder.as_data_source(split)`` reads it).
+
+  Raises:
+    ValueError: when an ``image_id`` repeats.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   rows = [{"image_id": str(r["image_id"]),
            "mask": np.asarray(r["mask"], np.uint8)[..., None],
            "k": int(r["k"]),
            "errors": np.asarray(r["errors"], np.float32)} for r in records]
-  features = tfds.features.FeaturesDict({
-      "image_id": tfds.features.Text(),
-      "mask": tfds.features.Tensor(shape=(None, None, 1), dtype=np.uint8),
-      "k": tfds.features.Scalar(dtype=np.int32),
-      "errors": tfds.features.Tensor(shape=(len(KS),), dtype=np.float32)})
-  return tfds.dataset_builders.store_as_tfds_dataset(
-      name=PSEUDO_MASK_DATASET, version="1.0.0", features=features,
-      split_datasets={split: rows}, data_dir=str(data_dir),
-      file_format="array_record", disable_shuffling=True,
-      description="Seg-then-Count pseudo masks M* (cells of the stride-16 "
-      "similarity map) with K* and the eq. 5 errors for K = 2..6.")
+  ids = [r["image_id"] for r in rows]
+  if len(set(ids)) != len(ids):
+    raise ValueError("write_pseudo_masks: repeated image_id in records")
+  builder = _builder_class()(rows=rows, split=split, data_dir=str(data_dir),
+                             file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig())
+  return builder
 
 
 def read_pseudo_masks(data_dir, split: str = "train") -> dict[str, dict]:
@@ -263,10 +348,11 @@ def read_pseudo_masks(data_dir, split: str = "train") -> dict[str, dict]:
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(data_dir) / PSEUDO_MASK_DATASET
-  if not root.is_dir():
+  infos = sorted(root.glob("**/dataset_info.json"))
+  if not infos:
     raise FileNotFoundError(f"no pseudo masks ({PSEUDO_MASK_DATASET}) under "
                             f"{data_dir}; generate them first")
-  builder = tfds.builder_from_directory(str(next(root.glob("*/*"))))
+  builder = tfds.builder_from_directory(str(infos[-1].parent))
   out = {}
   for ex in builder.as_data_source(split):
     image_id = ex["image_id"]
