@@ -207,9 +207,11 @@ class SegThenCount(nn.Module):
     m = exemplar_mask.astype(jnp.float32)[..., None]
     v = (vec * m).sum(1) / jnp.maximum(m.sum(1), 1.0)  # [B, C]
     num = jnp.einsum("bhwc,bc->bhw", feats, v)
-    den = (jnp.linalg.norm(feats, axis=-1)
-           * jnp.linalg.norm(v, axis=-1)[:, None, None])
-    return num / jnp.maximum(den, 1e-8)
+    # |f|² |v|² floored before the square root: a zero feature (after the
+    # ReLU) gives cosine 0 and a zero, not NaN, gradient.
+    sq = ((feats ** 2).sum(-1)
+          * (v ** 2).sum(-1)[:, None, None])
+    return num / jnp.sqrt(jnp.maximum(sq, 1e-16))
 
   def __call__(self, image, exemplars, exemplar_mask, *, train: bool = False):
     del train  # frozen BatchNorm, no dropout
