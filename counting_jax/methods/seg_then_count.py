@@ -95,7 +95,14 @@ def segmentation_loss(outputs, batch):
   ``batch['masks']`` float32 [B, H, W, 1] at the cell centres (8 + 16 i).
 
   Returns ``(loss float32 [], {"seg_l2": [B], "count": [B]})``.
+
+  Raises:
+    KeyError: when the batch carries no ``masks``.
   """
+  if "masks" not in batch:
+    raise KeyError("segmenter stage: the batch has no pseudo masks; generate "
+                   "them for the training split (generate_pseudo_masks) and "
+                   "set config.pseudo_masks.data_dir / split")
   seg = outputs["segmentation"]
   h, w = seg.shape[1:]
   half = stc.STRIDE // 2
@@ -124,14 +131,16 @@ def pseudo_mask_hook(sample, *, data_dir, split):
   """``before_augment`` hook: adds ``masks`` float32 [H, W, 1] (M* spread
   over its 16 x 16 pixel cells, cropped or zero-padded to the image).
 
-  Raises:
-    KeyError: naming the image when it has no pseudo mask.
+  The trainer runs the hook for evaluation and ``predict`` too, where no
+  pseudo mask exists (other splits, user images) and none is needed: such a
+  sample gets no ``masks``. A training batch without them fails in
+  :func:`segmentation_loss` with a KeyError naming the pseudo-mask set; a
+  batch mixing images with and without masks fails when it is stacked.
   """
   masks = _masks_of(data_dir, split)
   image_id = str(sample["image_id"])
   if image_id not in masks:
-    raise KeyError(f"image {image_id!r} has no pseudo mask in {data_dir} "
-                   f"(split {split!r}); generate the masks for this split")
+    return sample
   cell = masks[image_id]["mask"].astype(np.float32)
   full = np.repeat(np.repeat(cell, stc.STRIDE, 0), stc.STRIDE, 1)
   h, w = sample["image"].shape[:2]
