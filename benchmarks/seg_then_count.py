@@ -17,9 +17,10 @@ Two side-by-side timings in one run:
    loss + the trainer's optimiser, trainer's XLA options) and in a PyTorch
    module of the same architecture written here (ResNet-50 to layer3 with
    frozen BatchNorm, 1x1 projection, exemplar GAP + linear, inner-product
-   similarity, 5 convs with ``nn.UpsamplingBilinear2d``; exemplars cropped
-   and resized by ``roi_align``-free bilinear ``F.interpolate`` of box crops
-   made outside the step), 2 threads.
+   similarity, 5 convs with ``nn.UpsamplingBilinear2d``), 2 threads. The
+   PyTorch exemplar crops (``F.interpolate`` to 128 x 128) are made once,
+   outside the step; JAX crops them inside its step (``crop_boxes``), so
+   the comparison slightly favours PyTorch.
 
   .venv/bin/python benchmarks/seg_then_count.py            # batch 2, 256 px
   .venv/bin/python benchmarks/seg_then_count.py --quick    # 1 timed round
