@@ -14,6 +14,9 @@ exemplar_similarity image + exemplar boxes -> similarity -> density (a small
                    class-agnostic counter)
 mprompt            image -> density + segmentation (HRNet-W40); mutual
                    prompt learning (Guo et al., CVPR 2024)
+seg_then_count     Seg-then-Count (WACV 2025): ResNet-50 base counter, then
+                   an exemplar segmenter trained on K-means pseudo masks
+                   masks the similarity map (``method.stage``)
 ================== ==========================================================
 """
 
@@ -22,12 +25,14 @@ from __future__ import annotations
 from counting_jax.methods import density
 from counting_jax.methods import exemplar_similarity
 from counting_jax.methods import mprompt
+from counting_jax.methods import seg_then_count
 from counting_jax.methods.base import BatchFields, Method, USER_INPUTS
 
 METHODS = {
     "density": density.build,
     "exemplar_similarity": exemplar_similarity.build,
     "mprompt": mprompt.build,
+    "seg_then_count": seg_then_count.build,
 }
 
 __all__ = ["METHODS", "Method", "BatchFields", "USER_INPUTS", "build",

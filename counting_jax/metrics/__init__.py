@@ -7,6 +7,10 @@ from here (``from counting_jax import metrics; metrics.counting_metrics``).
 from __future__ import annotations
 
 from counting_jax.metrics._counting import counting_metrics
+from counting_jax.metrics._synthetic import (
+    half_counts,
+    synthetic_counting_metrics,
+)
 from counting_jax.metrics._localization import (
     NUM_LEVELS,
     NWPU_VAL_IDS,
@@ -27,6 +31,8 @@ __all__ = [
     "NwpuGroundTruth",
     "NWPU_VAL_IDS",
     "counting_metrics",
+    "half_counts",
+    "synthetic_counting_metrics",
     "localization_metrics_fixed_radius",
     "match_points",
     "nwpu_localization_metrics",
