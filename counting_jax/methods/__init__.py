@@ -12,6 +12,8 @@ density            image -> density map; a point loss of
                    ``counting_jax.losses`` (cells, BL, DM-Count, GL, PML)
 exemplar_similarity image + exemplar boxes -> similarity -> density (a small
                    class-agnostic counter)
+t2icount           image + text prompt -> density (T2ICount: one SD-1.5 UNet
+                   step and the HSCM decoder)
 ================== ==========================================================
 """
 
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 from counting_jax.methods import density
 from counting_jax.methods import exemplar_similarity
+from counting_jax.methods import t2icount
 from counting_jax.methods.base import BatchFields, Method, USER_INPUTS
 
 METHODS = {
     "density": density.build,
     "exemplar_similarity": exemplar_similarity.build,
+    "t2icount": t2icount.build,
 }
 
 __all__ = ["METHODS", "Method", "BatchFields", "USER_INPUTS", "build",
