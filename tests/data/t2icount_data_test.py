@@ -27,7 +27,7 @@ def test_block_density_mass_and_placement():
   assert c[12, 12] > 0.75 * 240
   assert np.unravel_index(d[:, :16].argmax(), (24, 16)) == (12, 12)
   # A lone point gets σ = 12 px; a point on the border loses half its mass.
-  edge = td.block_density(np.array([[0.0, 32.0]]), 64, 64)
+  edge = td.block_density(np.array([[0.0, 128.0]]), 256, 64)
   np.testing.assert_allclose(edge.sum(), 30.0, rtol=1e-4)
   assert not td.block_density(np.zeros((0, 2)), 64, 64).any()
   with pytest.raises(ValueError, match="multiple of stride"):
