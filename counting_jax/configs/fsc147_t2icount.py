@@ -13,8 +13,11 @@ after a random rescale s ~ U[1, 2) (official: with p = 0.5), horizontal
 flips, no schedule, validation from epoch 50, best by val MAE + RMSE
 (paper model: val 13.78 / 58.78, test 11.76 / 97.86 MAE / RMSE). Images
 are normalised to [-1, 1]; the density is x60 (count = sum / 60).
-Evaluation: 384² tiles as the official code
-(``counting_jax.train.t2icount_tiling``).
+Evaluation (``eval_tiling``): the shared tiler with 384² tiles and no
+overlap, the last tile shifted to the border as officially, on the image
+padded to 64 px, tile maps joined at stride 8. The official procedure
+(tile maps upsampled x8 bilinearly, / 64, overlaps averaged at full
+resolution) is ``counting_jax.train.t2icount_tiling``.
 
 Arguments (``--config fsc147_t2icount:smoke=True``):
   smoke: a few steps of a tiny random-weight model on 64-px crops of the
