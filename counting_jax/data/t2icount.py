@@ -36,7 +36,7 @@ import numpy as np
 from scipy import special
 
 __all__ = ["block_density", "add_targets", "negative_prompt", "mosaic",
-           "DENSITY_SCALE", "STRIDE"]
+           "read_fsc147_s", "DENSITY_SCALE", "STRIDE"]
 
 DENSITY_SCALE = 60.0
 STRIDE = 8
@@ -180,4 +180,28 @@ def mosaic(anchor: dict, others, rng: np.random.Generator, *,
              points=(np.concatenate(points) if points
                      else np.zeros((0, 2), np.float32)),
              boxes=np.zeros((0, 4), np.float32))
+  return out
+
+
+def read_fsc147_s(path) -> dict[str, tuple[str, int]]:
+  """FSC-147-S (T2ICount's simple subset; ``FSC-147-S.json`` v2, 230
+  images, or the paper's v1 with 196): ``{file: {"class": str, "count":
+  int}}`` -> ``{file: (prompt, count)}``. The images are FSC-147's (any
+  split); the prompt is the json's class (never the image's FSC-147 class)
+  and the GT is its count; evaluation tiles as
+  ``counting_jax.train.t2icount_tiling``.
+
+  Raises:
+    ValueError: naming the file and entry that lacks a class or count.
+  """
+  import json  # local: only this reader needs it
+  import pathlib
+  raw = json.loads(pathlib.Path(path).read_text())
+  out = {}
+  for name, entry in raw.items():
+    if not isinstance(entry, dict) or "class" not in entry or \
+        "count" not in entry:
+      raise ValueError(f"{path}: entry {name!r} needs 'class' and 'count', "
+                       f"got {entry!r}")
+    out[str(name)] = (str(entry["class"]), int(entry["count"]))
   return out

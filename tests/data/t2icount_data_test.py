@@ -72,3 +72,14 @@ def test_negative_prompt_and_mosaic():
   assert r[px[:, 1], px[:, 0]].all()
   with pytest.raises(ValueError, match="3 other"):
     td.mosaic(a, others[:2], rng)
+
+
+def test_read_fsc147_s(tmp_path):
+  path = tmp_path / "FSC-147-S.json"
+  path.write_text('{"7.jpg": {"class": "red apples", "count": 3}, '
+                  '"9.jpg": {"class": "cups", "count": 117}}')
+  assert td.read_fsc147_s(path) == {"7.jpg": ("red apples", 3),
+                                    "9.jpg": ("cups", 117)}
+  path.write_text('{"7.jpg": {"class": "red apples"}}')
+  with pytest.raises(ValueError, match="'7.jpg' needs"):
+    td.read_fsc147_s(path)
