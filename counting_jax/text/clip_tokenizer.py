@@ -11,8 +11,9 @@ distributed in the open_clip_torch 3.3.0 wheel; licence in
 Encoding follows the HF ``CLIPTokenizer`` that T2ICount calls (OpenAI's
 reference also unescapes HTML entities and repairs text with ftfy; the HF
 tokenizer without ftfy, and this one, do neither): runs of whitespace
-collapsed, lower case; the text is split into the contractions ``'s 't 're 've 'm 'll 'd``, runs of letters, single
-digits (Unicode numbers), and runs of other non-space characters; each piece
+collapsed, lower case; the text is split into the contractions
+``'s 't 're 've 'm 'll 'd``, runs of letters, single digits (Unicode
+numbers), and runs of other non-space characters; each piece
 is mapped byte-wise onto printable symbols, its last symbol gets ``</w>``,
 and the pair of adjacent symbols with the lowest merge rank is merged until
 no ranked pair is left.

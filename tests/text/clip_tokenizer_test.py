@@ -63,7 +63,8 @@ def test_matches_transformers_on_harder_text(tmp_path):
   hf = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"),
                                   str(tmp_path / "merges.txt"))
   for text in ["Hot-Air  Balloons", "crème brûlée", "naïve 42nd",
-               "don't stop", "test!'s 12.5%", "🍎 apples??", "  sea\tshells "]:
+               "don't stop", "test!'s 12.5%", "🍎 apples??",
+               "  sea\tshells "]:
     want = hf(text, truncation=True, max_length=77,
               padding="max_length")["input_ids"]
     np.testing.assert_array_equal(ct.encode(text), want, err_msg=text)
