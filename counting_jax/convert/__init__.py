@@ -10,6 +10,12 @@ result as an orbax checkpoint. Command line:
 ``counting-jax convert --checkpoint PATH --model NAME --out DIR``
 (:mod:`counting_jax.convert.cli`).
 
+The Stable Diffusion 1.5 feature extractor (``sd15_vae_encoder``,
+``sd15_unet``, ``clip_vit_l14_text``, ``sd15_feature_extractor``: an ldm
+single file, e.g. T2ICount's checkpoint) has its own converters
+(:data:`counting_jax.convert.stable_diffusion.CONVERTERS`), reached through
+the same functions.
+
 To start a counter from ImageNet weights, convert them for the backbone name
 (e.g. ``'vgg19'``) and replace the counter's ``params['backbone']`` (and
 ``batch_stats['backbone']``) with the result.
@@ -23,13 +29,15 @@ import jax.numpy as jnp
 from counting_jax.convert import hrnet_keys
 from counting_jax.convert import mprompt_keys
 from counting_jax.convert import resnet_keys
+from counting_jax.convert import stable_diffusion
 from counting_jax.convert import vgg_keys
 from counting_jax.convert.orbax_io import load_variables
 from counting_jax.convert.orbax_io import save_variables
 from counting_jax.convert.torch import apply_rules
 from counting_jax.convert.torch import load_state_dict
 
-__all__ = ["KEY_MAPS", "KEY_NORMALIZERS", "build_model", "abstract_variables",
+__all__ = ["KEY_MAPS", "KEY_NORMALIZERS", "MODEL_NAMES", "build_model",
+           "abstract_variables",
            "convert_state_dict", "convert_checkpoint", "save_variables",
            "load_variables"]
 
@@ -69,6 +77,9 @@ KEY_NORMALIZERS = {
     "mprompt_tiny": mprompt_keys.normalize,
 }
 
+# Every name ``convert_checkpoint`` accepts.
+MODEL_NAMES = tuple(sorted({*KEY_MAPS, *stable_diffusion.CONVERTERS}))
+
 # Parameter shapes do not depend on the image size; 64 suits every stride.
 _INIT_SIZE = 64
 
@@ -103,6 +114,11 @@ def convert_state_dict(state_dict, model_name: str, *,
 
   Returns and raises as :func:`convert_checkpoint`.
   """
+  if model_name in stable_diffusion.CONVERTERS:
+    if model_kwargs:
+      raise ValueError(f"{model_name} takes no model attributes, got "
+                       f"{sorted(model_kwargs)}")
+    return stable_diffusion.CONVERTERS[model_name](state_dict, name=name)
   model = build_model(model_name, **model_kwargs)
   rules, ignore = KEY_MAPS[model_name](model)
   if model_name in KEY_NORMALIZERS:
@@ -118,7 +134,8 @@ def convert_checkpoint(path, model_name: str, **model_kwargs) -> dict:
     path: ``.pth``/``.pt``/``.bin``/``.tar`` (torch.save; ``module.``
       prefixes and ``{'model'|'state_dict'|'model_state_dict': ...}``
       wrappers handled) or ``.safetensors``.
-    model_name: a key of :data:`KEY_MAPS` (counters and backbones).
+    model_name: a key of :data:`KEY_MAPS` (counters and backbones) or of
+      :data:`counting_jax.convert.stable_diffusion.CONVERTERS`.
     **model_kwargs: attributes of the model (e.g. ``fuse_upsample``); only
       those that change parameter shapes matter.
 
@@ -126,6 +143,8 @@ def convert_checkpoint(path, model_name: str, **model_kwargs) -> dict:
     ``{'params': ..., ['batch_stats': ...]}``, nested dicts of float32 numpy
     arrays with the structure of ``model.init``; use as
     ``model.apply(variables, image, train=False)``.
+    ``sd15_feature_extractor`` returns {"vae_encoder", "unet",
+    "text_encoder"} -> ``{'params': ...}``.
 
   Raises:
     ValueError: unknown model name, unreadable file, or a checkpoint that

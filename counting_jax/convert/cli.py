@@ -45,7 +45,7 @@ def main(argv=None) -> int:
   parser.add_argument("--checkpoint", required=True,
                       help=".pth/.pt/.bin/.tar or .safetensors file")
   parser.add_argument("--model", required=True,
-                      help=f"one of: {', '.join(sorted(convert.KEY_MAPS))}")
+                      help=f"one of: {', '.join(convert.MODEL_NAMES)}")
   parser.add_argument("--out", required=True, help="directory to create")
   parser.add_argument("--set", action="append", default=[], metavar="K=V",
                       help="model attribute (repeatable)")

@@ -6,6 +6,9 @@ pixels), ``points`` float [B, N, 2] (x, y) in input-image pixels,
 ``point_mask`` bool [B, N]. ``loss`` is a float32 scalar reduced over the
 batch as the official code does; ``aux`` maps names to per-image [B] terms.
 Pick one by name with :func:`get_loss`.
+
+Map-target losses with their own signature (not in ``LOSSES``):
+:func:`t2icount_loss` (T2ICount's L_reg + L_RRC on x60 density maps).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from counting_jax.losses._generalized import generalized_loss
 from counting_jax.losses._l2 import gaussian_l2_loss
 from counting_jax.losses._matching import p2p_matching, p2pnet_loss
 from counting_jax.losses._proximal import pml_loss
+from counting_jax.losses._t2icount import t2icount_loss
 
 LOSSES = {
     "gaussian_l2": gaussian_l2_loss,

@@ -17,6 +17,8 @@ mprompt            image -> density + segmentation (HRNet-W40); mutual
 seg_then_count     Seg-then-Count (WACV 2025): ResNet-50 base counter, then
                    an exemplar segmenter trained on K-means pseudo masks
                    masks the similarity map (``method.stage``)
+t2icount           image + text prompt -> density (T2ICount: one SD-1.5 UNet
+                   step and the HSCM decoder)
 ================== ==========================================================
 """
 
@@ -26,6 +28,7 @@ from counting_jax.methods import density
 from counting_jax.methods import exemplar_similarity
 from counting_jax.methods import mprompt
 from counting_jax.methods import seg_then_count
+from counting_jax.methods import t2icount
 from counting_jax.methods.base import BatchFields, Method, USER_INPUTS
 
 METHODS = {
@@ -33,6 +36,7 @@ METHODS = {
     "exemplar_similarity": exemplar_similarity.build,
     "mprompt": mprompt.build,
     "seg_then_count": seg_then_count.build,
+    "t2icount": t2icount.build,
 }
 
 __all__ = ["METHODS", "Method", "BatchFields", "USER_INPUTS", "build",
