@@ -36,8 +36,9 @@ holding mass are visited. The default block on CPU keeps each block's
 [block, K] temporaries in cache (1,024 pixels for K = 1,000); elsewhere it
 is the whole map. What it buys, 1024x768 image at stride 8 (128x96 map,
 6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib 0.10.2, 2
-cores): 3.96 s with the dense [n, K] cost matrix, 1.13 s in packed blocks
-of 1,024 pixels (512: 1.25 s, 2,048: 1.29 s).
+cores): 3.9-4.0 s with the dense [n, K] cost matrix, 1.13-1.19 s in packed
+blocks of 1,024 pixels (512: 1.25 s, 2,048: 1.29 s); 256x192 map at stride
+2 with 300 points: 23.4 s -> 3.35 s (``benchmarks/localization.py``).
 
 Differences from the official code, all documented at the argument:
 * the output is (x, y), not (row, col);
@@ -321,10 +322,5 @@ def ot_m(density, *, stride: float, max_points: int = 1024, key=None,
       max_iter=max_iter, blur=blur, scaling=scaling, cost_scale=cost_scale,
       min_diameter=min_diameter, max_steps=max_steps, has_init=has_init,
       block=min(block, n))
-  if batch == 1:  # no vmap of one (slower on XLA:CPU, the same elsewhere)
-    out = single(density[0], keys[0], init_points[0])
-    out = jax.tree.map(lambda x: x[None], out)
-  else:
-    out = jax.vmap(single)(density, keys, init_points)
-  return Localization(*out)
+  return Localization(*jax.vmap(single)(density, keys, init_points))
 
