@@ -111,3 +111,24 @@ def test_batch_equals_single_maps(otm_ref):
     assert np.asarray(out.mask[b]).sum() == n
     np.testing.assert_allclose(np.asarray(out.points[b, :n]),
                                np.asarray(alone.points[0]), atol=1e-2)
+
+
+@pytest.mark.parametrize("case", ["a1_noisy_s8", "b2_blur_s2"])
+def test_block_sizes_agree(otm_ref, case):
+  """Small packed blocks (the CPU path: 256 pixels, several blocks) and one
+  block holding the whole map (the default on GPU / TPU) both give the
+  official points."""
+  k = int(otm_ref[f"{case}/num"])
+  stride = float(otm_ref[f"{case}/scale_factor"])
+  init = otm_ref[f"{case}/init_points"][:, ::-1][None].astype(np.float32)
+  ref = otm_ref[f"{case}/points"][:, ::-1]
+  for block in (256, 1 << 20):
+    out = ot_m(otm_ref[f"{case}/density"][None], stride=stride,
+               max_points=k, init_points=init, block=block)
+    np.testing.assert_allclose(np.asarray(out.points[0]), ref, atol=0.1,
+                               err_msg=f"block={block}")
+
+
+def test_bad_block():
+  with pytest.raises(ValueError, match="block"):
+    ot_m(np.ones((1, 4, 4), np.float32), stride=4, max_points=4, block=0)
