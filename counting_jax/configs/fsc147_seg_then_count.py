@@ -27,6 +27,8 @@ Choices where the paper is silent (each an argument here):
   sigma (loss.kwargs.sigma, 4.0): σ (input pixels) of the Gaussian density
     target (FSC-147's released maps are adaptive; not stored here);
   crop_size (384 x 384 random crops, flip): batches of 8 need one size.
+Input (input.centre_pad, True): images are centre-padded to a multiple of
+  input.pad_multiple (32) before cropping and for evaluation (§4.1).
 From the same author's public counter: AdamW weight decay 5e-4, gradient
 clipping 0.1.
 
@@ -60,6 +62,7 @@ def get_config(arg=None):
   c.input = ml_collections.ConfigDict(dict(
       batch_size=8, crop_size=(384, 384), flip=True, vflip=False,
       scale_range=None, max_points=4096, max_exemplars=3, pad_multiple=32,
+      centre_pad=True,
       eval_batch_size=1, cache=False, num_workers=2,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
   c.model = ml_collections.ConfigDict(dict(

@@ -18,19 +18,24 @@ continuous (x1, y1, x2, y2). The point of a car is its box centre
 ((x1 + x2) / 2, (y1 + y2) / 2); the count is the number of boxes. Centres
 overshooting the border by < 1 px are clipped and counted
 (``files.clip_points``); boxes are stored unclipped. All boxes of an image
-are stored in ``boxes`` (K = N): picking exemplars is the pipeline's job.
+are stored in ``boxes`` (K = N): the pipeline takes the first E as
+exemplars, so by default the first E boxes of the annotation file;
+:func:`sample_exemplars` instead moves E boxes sampled deterministically
+(seed and image id) to the front, the sampled-exemplar protocol of
+cross-data-set tests on CARPK.
 """
 
 from __future__ import annotations
 
 import pathlib
+import zlib
 
 import numpy as np
 
 from counting_jax.data import files
 from counting_jax.data import sample as sample_lib
 
-__all__ = ["root_dir", "read_split", "read_boxes", "read_sample",
+__all__ = ["sample_exemplars", "root_dir", "read_split", "read_boxes", "read_sample",
            "SPLIT_SIZES"]
 
 SPLIT_SIZES = {"train": 989, "test": 459}
@@ -105,3 +110,37 @@ def read_sample(root, name: str) -> tuple[dict, bytes]:
   points, _ = files.clip_points(centres, w, h, source=ann)
   return sample_lib.make_sample(image, points, name, boxes=boxes,
                                 class_name="car"), data
+
+
+def sample_exemplars(sample, num: int = 3, *, seed: int = 0):
+  """Moves ``num`` boxes, sampled without replacement, to the front of
+  ``sample['boxes']`` (the pipeline's exemplars are the first E boxes).
+
+  The choice depends only on ``seed`` and the image id (CRC-32 of
+  ``image_id``), not on the order images are read, so every run and every
+  process picks the same exemplars. No box is dropped and the points (the
+  count) are unchanged; the sampled boxes keep their order of the file.
+  Usable as a ``before_augment`` hook
+  (``functools.partial(sample_exemplars, num=3, seed=0)``).
+
+  Args:
+    sample: a CARPK sample (``boxes`` float32 [N, 4], ``image_id``).
+    num: exemplars to sample; all boxes when the image has fewer.
+    seed: int seed of the draw.
+
+  Raises:
+    ValueError: naming the image when ``num`` < 1.
+  """
+  image_id = sample.get("image_id", "?")
+  if num < 1:
+    raise ValueError(f"{image_id}: num must be >= 1, got {num}")
+  if isinstance(image_id, bytes):
+    image_id = image_id.decode()
+  boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+  rng = np.random.default_rng([int(seed), zlib.crc32(str(image_id).encode())])
+  chosen = np.sort(rng.choice(len(boxes), min(num, len(boxes)),
+                              replace=False))
+  rest = np.setdiff1d(np.arange(len(boxes)), chosen)
+  out = dict(sample)
+  out["boxes"] = boxes[np.concatenate([chosen, rest]).astype(np.int64)]
+  return out

@@ -153,13 +153,20 @@ def random_rescale(sample, scale_range, rng: np.random.Generator):
   return resize(sample, max(1, round(h * f)), max(1, round(w * f)))
 
 
-def pad_to_size(sample, height: int, width: int):
-  """Zero-pads at the bottom/right to (height, width).
+def pad_to_size(sample, height: int, width: int, *, centre: bool = False):
+  """Zero-pads to (height, width), at the bottom/right or, with ``centre``,
+  equally on both sides (the odd pixel at the bottom/right).
 
-  Points are unchanged, except that a point on the old right (bottom) edge,
-  x = W (y = H), which belonged to the last image pixel, moves one float32
-  step left (up) so that it stays on that pixel rather than on the padding
-  (``counting_jax.grid``).
+  With ``centre`` the image, masks, points, boxes and ``split_x`` (when
+  present) move by the offset
+  (left = (width - W) // 2, top = (height - H) // 2 input pixels). A point on
+  the old right (bottom) edge, x = W (y = H), which belonged to the last image
+  pixel, moves one float32 step left (up) so that it stays on that pixel
+  rather than on the padding (``counting_jax.grid``). Points and boxes keep
+  their number, so the count is unchanged.
+
+  Raises:
+    ValueError: naming the image when it is larger than (height, width).
   """
   h, w = sample["image"].shape[:2]
   if (h, w) == (height, width):
@@ -167,25 +174,35 @@ def pad_to_size(sample, height: int, width: int):
   if height < h or width < w:
     raise ValueError(f"{sample.get('image_id', '?')}: cannot pad the {h}x{w} "
                      f"image to the smaller {height}x{width}")
+  top, left = ((height - h) // 2, (width - w) // 2) if centre else (0, 0)
   image = np.zeros((height, width, 3), np.uint8)
-  image[:h, :w] = sample["image"]
+  image[top:top + h, left:left + w] = sample["image"]
   pts = sample["points"].astype(np.float32, copy=True)
-  for axis, old, new in ((0, w, width), (1, h, height)):
+  for axis, old, new, off in ((0, w, width, left), (1, h, height, top)):
+    edge = pts[:, axis] == old
+    pts[:, axis] += np.float32(off)
     if new > old:
-      edge = pts[:, axis] == old
-      pts[edge, axis] = np.nextafter(np.float32(old), np.float32(0))
+      pts[edge, axis] = np.nextafter(np.float32(old + off), np.float32(0))
+  fields = {}
+  if "split_x" in sample:  # the synthetic set's boundary between halves
+    fields["split_x"] = np.asarray(sample["split_x"]) + left
+  if "boxes" in sample:
+    fields["boxes"] = (np.asarray(sample["boxes"], np.float32)
+                       + np.array([left, top, left, top], np.float32))
 
   def pad(m):
     out = np.zeros((height, width, m.shape[-1]), m.dtype)
-    out[:h, :w] = m
+    out[top:top + h, left:left + w] = m
     return out
 
-  return _with(sample, image=image, points=pts, **_masks(sample, pad))
+  return _with(sample, image=image, points=pts, **fields,
+               **_masks(sample, pad))
 
 
-def pad_to_multiple(sample, multiple: int):
-  """Zero-pads at the bottom/right so H and W are multiples of ``multiple``
-  (models need H, W divisible by their total down-sampling)."""
+def pad_to_multiple(sample, multiple: int, *, centre: bool = False):
+  """Zero-pads so H and W are multiples of ``multiple`` (models need H, W
+  divisible by their total down-sampling), at the bottom/right or, with
+  ``centre``, on both sides (:func:`pad_to_size`)."""
   h, w = sample["image"].shape[:2]
   return pad_to_size(sample, -(-h // multiple) * multiple,
-                     -(-w // multiple) * multiple)
+                     -(-w // multiple) * multiple, centre=centre)

@@ -48,12 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from counting_jax import losses as losses_lib
+from counting_jax.data import transforms
 from counting_jax.methods import base
 from counting_jax.methods import seg_then_count_masks as masks_lib
 from counting_jax.models import seg_then_count as stc
 
 __all__ = ["build", "param_labels", "segmentation_loss", "counter_loss",
-           "pseudo_mask_hook", "generate_pseudo_masks", "STAGES"]
+           "centre_pad_hook", "pseudo_mask_hook", "generate_pseudo_masks", "STAGES"]
 
 STAGES = ("counter", "segmenter")
 
@@ -152,6 +153,31 @@ def pseudo_mask_hook(sample, *, data_dir, split):
   return sample
 
 
+def centre_pad_hook(sample, *, multiple: int):
+  """``before_augment`` hook: zero-pads the image equally on both sides to a
+  multiple of ``multiple`` (§4.1: FSC-147 images 384 px high, centre-padded
+  to a multiple of 32); points, boxes and pseudo masks move with it
+  (:func:`counting_jax.data.transforms.pad_to_multiple`). The trainer's own
+  bottom/right padding is then a no-op. Evaluation counts the whole padded
+  density map (``image_size`` is the padded size), as padding carries no
+  points.
+  """
+  return transforms.pad_to_multiple(sample, multiple, centre=True)
+
+
+def _compose(hooks):
+  if not hooks:
+    return None
+  if len(hooks) == 1:
+    return hooks[0]
+
+  def run(sample):
+    for hook in hooks:
+      sample = hook(sample)
+    return sample
+  return run
+
+
 def _model(config, with_segmenter):
   kwargs = dict(config.model.kwargs)
   for k in ("stage_sizes", "head_widths"):
@@ -179,16 +205,20 @@ def build(config) -> base.Method:
                      f"{max_exemplars}")
   with_segmenter = stage == "segmenter"
   model = _model(config, with_segmenter)
+  hooks = []
   if with_segmenter:
     pm = config.pseudo_masks
-    fields = base.BatchFields(
-        max_exemplars=max_exemplars,
-        before_augment=functools.partial(pseudo_mask_hook,
-                                         data_dir=str(pm.data_dir),
-                                         split=str(pm.split)))
+    hooks.append(functools.partial(pseudo_mask_hook,
+                                   data_dir=str(pm.data_dir),
+                                   split=str(pm.split)))
+  if config.input.get("centre_pad", False):
+    hooks.append(functools.partial(centre_pad_hook,
+                                   multiple=int(config.input.pad_multiple)))
+  fields = base.BatchFields(max_exemplars=max_exemplars,
+                            before_augment=_compose(hooks))
+  if with_segmenter:
     loss = segmentation_loss
   else:
-    fields = base.BatchFields(max_exemplars=max_exemplars)
     kw = dict(config.loss.kwargs)
     loss = functools.partial(counter_loss, sigma=kw.get("sigma", 4.0),
                              scale=kw.get("scale", 1.0))

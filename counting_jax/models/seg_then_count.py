@@ -161,7 +161,8 @@ class SegThenCount(nn.Module):
 
   def setup(self):
     net = functools.partial(resnet.ResNet, stage_sizes=self.stage_sizes,
-                            width=self.width, num_layers=3, dtype=self.dtype)
+                            width=self.width, num_layers=3, dtype=self.dtype,
+                            frozen_layers=1)  # stem, layer1: no backward
     self.backbone = net()
     self.input_proj = nn.Conv(self.proj_dim, (1, 1), dtype=self.dtype,
                               kernel_init=_ops.torch_default_init)

@@ -277,21 +277,34 @@ def _restore_for_eval(config, workdir):
   return method, state
 
 
-def _gather(rows, n_total):
-  """Rows (index, pred, true) of every process, sorted by index (numbers
-  only: every process loads the same split, so image ids are looked up by
-  index afterwards)."""
+def _gather(rows, n_total, width: int = 2):
+  """Rows (index, value_1, ..., value_width) of every process, sorted by
+  index (numbers only: every process loads the same split, so image ids are
+  looked up by index afterwards)."""
   if jax.process_count() == 1:
     return sorted(rows)
   k = -(-n_total // jax.process_count())
   idx = np.full((k,), -1, np.int32)
-  vals = np.zeros((k, 2), np.float32)
-  for j, (i, p, t) in enumerate(rows):
-    idx[j], vals[j] = i, (p, t)
+  vals = np.zeros((k, width), np.float32)
+  for j, (i, *v) in enumerate(rows):
+    idx[j], vals[j] = i, v
   idx, vals = multihost_utils.process_allgather((idx, vals))
-  return sorted((int(i), float(v[0]), float(v[1]))
-                for i, v in zip(idx.reshape(-1), vals.reshape(-1, 2))
+  return sorted((int(i), *(float(x) for x in v))
+                for i, v in zip(idx.reshape(-1), vals.reshape(-1, width))
                 if i >= 0)
+
+
+def half_counts(density, batch, b: int, stride: int):
+  """(ŷ_in, ŷ_out) of image ``b`` of an evaluation batch of a two-class
+  synthetic set (``fsc147_synthetic``: ``half`` 0 / 1, ``split_x`` input
+  pixels): the density map float [h, w] (stride ``stride``) summed on each
+  side of ``split_x``, rounded to the nearest density column (the boundary
+  need not be a multiple of the stride). Used by :func:`evaluate` for the
+  error |y - ŷ_in| + ŷ_out (Seg-then-Count §4.2).
+  """
+  split = int(round(float(batch["split_x"][b]) / stride)) * stride
+  return metrics_lib.half_counts(np.asarray(density), split,
+                                 int(batch["half"][b]), stride=stride)
 
 
 class _WithUserInputs:
@@ -366,7 +379,7 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   panel_dir = workdir / "panels"
   panel_dir.mkdir(parents=True, exist_ok=True)
   n_panels = config.num_panels
-  rows, loc_pred, loc_true = [], [], []
+  rows, halves, loc_pred, loc_true = [], [], [], []
   for batch in pipeline.eval_batches(
       source, batch_size=inp.eval_batch_size, pad_multiple=inp.pad_multiple,
       mean=inp.mean, std=inp.std, indices=mine, fields=method.fields):
@@ -377,6 +390,10 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
     for b in range(dens.shape[0]):
       index = mine[len(rows)]
       rows.append((index, float(counts[b]), float(batch["count"][b])))
+      if "split_x" in batch and "half" in batch:
+        halves.append((index, *half_counts(dens[b], batch, b,
+                                           method.stride),
+                       float(batch["count"][b])))
       loc_pred.append(localization_lib.localize_density(
           density_lib.crop_to_image(dens[b], batch["image_size"][b],
                                     method.stride),
@@ -398,6 +415,12 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   rows = _gather(rows, len(source))
   index, preds, trues = zip(*rows)
   result = metrics_lib.counting_metrics(list(preds), list(trues))
+  halves = _gather(halves, len(source), width=3)
+  if halves:
+    _, pin, pout, ytrue = zip(*halves)
+    result.update({f"synthetic_{k}": v for k, v in
+                   metrics_lib.synthetic_counting_metrics(
+                       pin, pout, ytrue).items()})
   result["step"] = int(np.asarray(sharding.local_copy(state.step)))
   result.update(_localization_result(config, method.stride, loc_pred,
                                      loc_true))
@@ -414,6 +437,12 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
           f"MAE {result['mae']:.3f}  RMSE {result['rmse']:.3f}  "
           f"NAE {result['nae']:.4f}  SRE {result['sre']:.4f}  "
           f"({result['n']} images)")
+    if "synthetic_mae" in result:
+      print(f"synthetic two-class error |y - y_in| + y_out: "
+            f"MAE {result['synthetic_mae']:.3f}  "
+            f"RMSE {result['synthetic_rmse']:.3f}  "
+            f"NAE {result['synthetic_nae']:.4f}  "
+            f"SRE {result['synthetic_sre']:.4f}")
     if "loc_f1" in result:
       print(f"localization ({result['loc_method']}, radius "
             f"{result['loc_radius']:g} px): F1 {result['loc_f1']:.4f}  "

@@ -91,3 +91,29 @@ def test_builder_round_trip(devkit, tmp_path_factory):
       # PNG is lossless: RGB files are stored as is, RGBA converted to RGB.
       np.testing.assert_array_equal(ex["image"],
                                     np.asarray(im.convert("RGB")))
+
+
+def test_sampled_exemplars_are_deterministic_and_drop_nothing(devkit):
+  from counting_jax.data import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  _, labels = devkit
+  names = sorted(labels)[:2]
+  samples = []
+  for n in names:
+    boxes = carpk.read_boxes(devkit[0] / "Annotations" / f"{n}.txt")
+    samples.append(sample_lib.make_sample(
+        np.zeros((720, 1280, 3), np.uint8),
+        np.clip(0.5 * (boxes[:, :2] + boxes[:, 2:]), 0, [1280, 720]), n,
+        boxes=boxes))
+  for s in samples:
+    a = carpk.sample_exemplars(s, 3, seed=0)
+    assert np.array_equal(a["boxes"],
+                          carpk.sample_exemplars(s, 3, seed=0)["boxes"])
+    np.testing.assert_array_equal(a["points"], s["points"])
+    # a permutation of all boxes: nothing dropped, nothing invented
+    key = lambda b: b[np.lexsort(b.T[::-1])]
+    np.testing.assert_array_equal(key(a["boxes"]), key(s["boxes"]))
+    firsts = [carpk.sample_exemplars(s, 3, seed=k)["boxes"][:3]
+              for k in range(4)]
+    assert any(not np.array_equal(f, s["boxes"][:3]) for f in firsts)
+  with pytest.raises(ValueError, match=names[0]):
+    carpk.sample_exemplars(samples[0], 0)

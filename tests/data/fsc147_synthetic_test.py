@@ -129,3 +129,41 @@ def test_synthetic_error_adds_the_count_in_the_other_half():
   assert m["rmse"] == pytest.approx(np.sqrt((err ** 2).mean()))
   assert m["nae"] == pytest.approx((err / [4, 8]).mean())
   assert m["sre"] == pytest.approx(np.sqrt((err ** 2 / [4, 8]).mean()))
+
+
+def test_eval_batches_carry_the_halves_for_the_synthetic_error(source):
+  """``half`` / ``split_x`` reach the centre-padded evaluation batch and
+  ``loop.half_counts`` splits a density there: the true density scores 0,
+  mass added in the other half counts as error."""
+  from counting_jax import density as density_lib  # pylint: disable=g-import-not-at-top
+  from counting_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from counting_jax.methods import base  # pylint: disable=g-import-not-at-top
+  from counting_jax.methods import seg_then_count  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
+  _, samples = source
+  gen = list(synthetic.generate(lambda i: samples[i],
+                                [s["class_name"] for s in samples], 3,
+                                seed=1))
+  fields = base.BatchFields(
+      max_exemplars=3, before_augment=lambda s: seg_then_count
+      .centre_pad_hook(s, multiple=32))
+  pin, pout, true = [], [], []
+  for s, batch in zip(gen, pipeline.eval_batches(gen, batch_size=1,
+                                                 pad_multiple=32,
+                                                 fields=fields)):
+    h, w = batch["image"].shape[1:3]
+    left = (w - s["image"].shape[1]) // 2
+    assert int(batch["split_x"][0]) == s["split_x"] + left
+    assert int(batch["half"][0]) == s["half"]
+    dens = np.array(density_lib.gaussian_density(
+        batch["points"][0], batch["point_mask"][0], (h // 8, w // 8), 1.0,
+        stride=8))
+    side = (slice(None), slice(0, 1)) if s["half"] else (slice(None),
+                                                          slice(-1, None))
+    dens[side] += 2.0 / h * 8  # 2 objects of the other half, one column
+    i, o = loop.half_counts(dens, batch, 0, 8)
+    pin.append(i), pout.append(o), true.append(float(batch["count"][0]))
+  np.testing.assert_allclose(pin, true, atol=0.05)
+  np.testing.assert_allclose(pout, 2.0, atol=0.05)
+  m = metrics.synthetic_counting_metrics(pin, pout, true)
+  assert abs(m["mae"] - 2.0) < 0.1

@@ -83,6 +83,28 @@ def test_pad_to_multiple_keeps_points():
   assert np.all(_on_red(out))
 
 
+def test_centre_padding_moves_points_boxes_and_masks():
+  s = _marked(h=37, w=50)
+  s["points"] = np.concatenate([s["points"], [[50.0, 37.0]]]).astype(
+      np.float32)  # bottom-right corner: belongs to pixel (49, 36)
+  s["image"][36, 49, 0] = 255
+  s["masks"] = s["image"][..., :1].astype(np.float32)
+  out = transforms.pad_to_multiple(s, 32, centre=True)
+  top, left = (64 - 37) // 2, (64 - 50) // 2  # 13, 7
+  assert out["image"].shape == (64, 64, 3)
+  np.testing.assert_array_equal(out["image"][top:top + 37, left:left + 50],
+                                s["image"])
+  assert out["image"].sum() == s["image"].sum()  # the rest is zeros
+  assert len(out["points"]) == len(s["points"])  # the count is kept
+  np.testing.assert_allclose(out["points"][:-1],
+                             s["points"][:-1] + [left, top])
+  assert np.all(_on_red(out))  # the corner point too
+  np.testing.assert_array_equal(out["boxes"],
+                                [[2 + left, 3 + top, 10 + left, 12 + top]])
+  np.testing.assert_array_equal(out["masks"][..., 0],
+                                out["image"][..., 0].astype(np.float32))
+
+
 def test_random_crop_pads_small_images():
   s = _marked(h=10, w=12)
   out = transforms.random_crop(s, (16, 16), np.random.default_rng(0))

@@ -18,6 +18,7 @@ import functools
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from counting_jax.models.backbones import _ops
@@ -61,6 +62,10 @@ class ResNet(nn.Module):
       planes and 4 width 2^(k-1) output channels.
     num_layers: how many layers to build (e.g. 3 to stop at layer3).
     dtype: compute dtype (params stay float32).
+    frozen_layers: stop gradients after the stem and the first
+      ``frozen_layers`` layers (0: none; 1: stem and layer1, as the
+      frozen ResNet-50 parts of counters): their parameters get zero
+      gradients and the backward pass skips them.
 
   Call: ``x`` float [B, H, W, 3] -> list of ``num_layers`` arrays
   [B, ~H / 2^(k+1), ~W / 2^(k+1), 4 width 2^(k-1)], k = 1..num_layers, in
@@ -70,6 +75,7 @@ class ResNet(nn.Module):
   width: int = 64
   num_layers: int = 4
   dtype: jnp.dtype = jnp.float32
+  frozen_layers: int = 0
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -88,6 +94,8 @@ class ResNet(nn.Module):
         stride = 2 if (k == 0 and layer > 0) else 1
         x = Bottleneck(planes, stride=stride, project=k == 0, dtype=self.dtype,
                        name=f"layer{layer + 1}_{k}")(x, train=train)
+      if layer + 1 == self.frozen_layers:
+        x = jax.lax.stop_gradient(x)
       outputs.append(x)
     return outputs
 

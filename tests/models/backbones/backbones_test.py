@@ -69,3 +69,29 @@ def test_bfloat16_outputs_and_float32_params():
 def test_unknown_name():
   with pytest.raises(ValueError, match="unknown backbone 'vgg11'; valid"):
     backbones.get_backbone("vgg11")
+
+
+def test_frozen_layers_stop_gradients_without_changing_the_rest():
+  from counting_jax.models.backbones import resnet as resnet_lib  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 32, 3))
+  nets = [resnet_lib.ResNet(stage_sizes=(1, 1), width=4, num_layers=2,
+                            frozen_layers=f) for f in (0, 1)]
+  variables = nets[0].init(jax.random.PRNGKey(1), x)
+
+  def grads(net):
+    def loss(p):
+      out = net.apply({**variables, "params": p}, x)
+      return out[-1].sum() + out[0].sum()
+    return jax.grad(loss)(variables["params"])
+
+  free, frozen = grads(nets[0]), grads(nets[1])
+  for name in frozen:
+    leaves = jax.tree_util.tree_leaves(frozen[name])
+    if name in ("conv1", "bn1") or name.startswith("layer1_"):
+      assert all(not jnp.any(g) for g in leaves), name
+      assert any(jnp.any(g) for g in jax.tree_util.tree_leaves(free[name]))
+    else:
+      for a, b in zip(leaves, jax.tree_util.tree_leaves(free[name])):
+        assert jnp.allclose(a, b), name
+  outs = [net.apply(variables, x)[-1] for net in nets]
+  assert jnp.array_equal(outs[0], outs[1])
