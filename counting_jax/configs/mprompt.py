@@ -13,16 +13,17 @@ Arguments (``--config mprompt:dataset=qnrf,smoke=True``):
 Recipe of the official code (csguomy/mPrompt@e7ae00d): images resized by
 the data set's rule (``counting_jax.methods.mprompt_targets``: SHA short
 side >= 416; SHB unchanged; QNRF/NWPU long side <= 2048, short side >= 512,
-aspect <= 4; multiples of 32), random 400 x 400 crops with horizontal flips,
+aspect <= 4; multiples of 32), ColorJitter(brightness / contrast /
+saturation / hue 0.2) on the resized image (``input.color_jitter``),
+random 400 x 400 crops with horizontal flips,
 ImageNet normalisation, Adam lr 1e-4 without weight decay and its StepLR
 decay (x0.4 at epochs 300 and 600: ``optim.schedule = "step"`` at the
 first optimiser step of those epochs, ``optim.step_boundaries``; recompute
 them when overriding ``dataset.num_train`` or the batch size), batch 16, 700
 epochs, loss weights all 1 with the count term (``method.loss_weights =
 "paper"`` for eq. 4), the online prompt from epoch 50. Not reproduced: the
-official ColorJitter (brightness / contrast / saturation / hue 0.2; the
-pipeline has no colour augmentation) and the 9-patch evaluation
-(we evaluate whole images, tiled above ``eval_tiling.max_size``).
+9-patch evaluation (we evaluate whole images, tiled above
+``eval_tiling.max_size``).
 Initialisation: the paper starts from ImageNet HRNet-W40 (convert it with
 ``counting-jax convert --model hrnet_w40`` and pass it as
 ``init_checkpoint``); the released code never loads it.
@@ -79,7 +80,9 @@ def get_config(arg=None):
       batch_size=_BATCH, crop_size=(400, 400), flip=True, vflip=False,
       scale_range=None, max_points=max_points, pad_multiple=32,
       eval_batch_size=1, mean=(0.485, 0.456, 0.406),
-      std=(0.229, 0.224, 0.225), cache=False, num_workers=2))
+      std=(0.229, 0.224, 0.225), cache=False, num_workers=2,
+      color_jitter=ml_collections.ConfigDict(dict(
+          brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2))))
   c.model = ml_collections.ConfigDict(dict(name="mprompt_hrnet_w40",
                                            kwargs={}))
   c.init_checkpoint = ""

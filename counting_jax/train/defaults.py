@@ -17,6 +17,8 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``input.cache``: hold the decoded training split in memory (small sets).
 - ``input.num_workers``: input worker processes (0 = a background thread).
 - ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
+- ``input.color_jitter``: None, or ``counting_jax.data.transforms.
+  color_jitter``'s arguments (brightness, contrast, saturation, hue).
 - ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float}``.
 - ``published``, ``published_protocol``, ``published_dataset``: a results
   table and the data set fields it was measured on
@@ -59,7 +61,7 @@ DEFAULTS = {
     "eval_loc_threshold": None,
     "eval_loc_max_points": 4096,
     "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
-              "max_exemplars": 0},
+              "max_exemplars": 0, "color_jitter": None},
     "optim": {"groups": {}},
 }
 

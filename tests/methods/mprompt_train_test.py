@@ -55,6 +55,8 @@ def test_method_fields_and_errors():
   config = mprompt_config.get_config("dataset=qnrf")
   assert config.method.resize_rule == "large"
   assert config.total_steps == 52_544  # 700 epochs of 1201 images, batch 16
+  assert dict(config.input.color_jitter) == dict(
+      brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2)
   method = methods.build(config)
   assert method.stride == 1 and method.inputs == ("image",)
   config.method.prompt = "segmenter"
