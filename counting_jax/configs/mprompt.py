@@ -21,8 +21,9 @@ decay (x0.4 at epochs 300 and 600: ``optim.schedule = "step"`` at the
 first optimiser step of those epochs, ``optim.step_boundaries``; recompute
 them when overriding ``dataset.num_train`` or the batch size), batch 16, 700
 epochs, loss weights all 1 with the count term (``method.loss_weights =
-"paper"`` for eq. 4), the online prompt from epoch 50. Not reproduced: the
-9-patch evaluation (we evaluate whole images, tiled above
+"paper"`` for eq. 4), the online prompt from epoch 50, evaluation in 9
+half-size patches stitched by their central regions (``eval_tiling.mode =
+"nine_patch"``; "tiles" evaluates whole images, tiled above
 ``eval_tiling.max_size``).
 Initialisation: the paper starts from ImageNet HRNet-W40 (convert it with
 ``counting-jax convert --model hrnet_w40`` and pass it as
@@ -86,6 +87,9 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(name="mprompt_hrnet_w40",
                                            kwargs={}))
   c.init_checkpoint = ""
+  c.eval_tiling = ml_collections.ConfigDict(dict(
+      max_size=2048, tile_size=1024, overlap=128, blend="linear",
+      tile_batch=9, mode="nine_patch"))
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-4, schedule="step", warmup_steps=0,
       step_boundaries=decay_steps(n_train, _BATCH), step_factor=_DECAY,
