@@ -13,14 +13,18 @@ Arguments (``--config mprompt:dataset=qnrf,smoke=True``):
 Recipe of the official code (csguomy/mPrompt@e7ae00d): images resized by
 the data set's rule (``counting_jax.methods.mprompt_targets``: SHA short
 side >= 416; SHB unchanged; QNRF/NWPU long side <= 2048, short side >= 512,
-aspect <= 4; multiples of 32), random 400 x 400 crops with horizontal flips,
-ImageNet normalisation, Adam lr 1e-4 without weight decay, batch 16, 700
+aspect <= 4; multiples of 32), ColorJitter(brightness / contrast /
+saturation / hue 0.2) on the resized image (``input.color_jitter``),
+random 400 x 400 crops with horizontal flips,
+ImageNet normalisation, Adam lr 1e-4 without weight decay and its StepLR
+decay (x0.4 at epochs 300 and 600: ``optim.schedule = "step"`` at the
+first optimiser step of those epochs, ``optim.step_boundaries``; recompute
+them when overriding ``dataset.num_train`` or the batch size), batch 16, 700
 epochs, loss weights all 1 with the count term (``method.loss_weights =
-"paper"`` for eq. 4), the online prompt from epoch 50. Not reproduced: the
-official ColorJitter (brightness / contrast / saturation / hue 0.2; the
-pipeline has no colour augmentation), the StepLR decay (x0.4 at epochs 300
-and 600; ``optim.schedule`` is constant here) and the 9-patch evaluation
-(we evaluate whole images, tiled above ``eval_tiling.max_size``).
+"paper"`` for eq. 4), the online prompt from epoch 50, evaluation in 9
+half-size patches stitched by their central regions (``eval_tiling.mode =
+"nine_patch"``; "tiles" evaluates whole images, tiled above
+``eval_tiling.max_size``).
 Initialisation: the paper starts from ImageNet HRNet-W40 (convert it with
 ``counting-jax convert --model hrnet_w40`` and pass it as
 ``init_checkpoint``); the released code never loads it.
@@ -33,7 +37,7 @@ import ml_collections
 from counting_jax.configs import common
 from counting_jax.train import defaults
 
-__all__ = ["get_config"]
+__all__ = ["get_config", "decay_steps"]
 
 _DATASETS = {
     # dataset: (name, test split, resize rule, train images, max points)
@@ -47,6 +51,15 @@ _PUBLISHED = {"sha": "52.5 / 88.9", "shb": "5.8 / 9.6",
               "qnrf": "72.2 / 133.1", "nwpu": "50.2 / 219.0"}
 _EPOCHS = 700
 _BATCH = 16
+_DECAY_EPOCHS = (300, 600)  # StepLR(step_size=300, gamma=0.4)
+_DECAY = 0.4
+
+
+def decay_steps(n_train: int, batch_size: int, epochs=_DECAY_EPOCHS):
+  """First optimiser steps of ``epochs`` (0-based) when an epoch is
+  ``n_train`` images in global batches of ``batch_size``: the trainer's step
+  ``s`` is in epoch ``s * batch_size // n_train``."""
+  return tuple(math.ceil(e * n_train / batch_size) for e in epochs)
 
 
 def get_config(arg=None):
@@ -68,12 +81,18 @@ def get_config(arg=None):
       batch_size=_BATCH, crop_size=(400, 400), flip=True, vflip=False,
       scale_range=None, max_points=max_points, pad_multiple=32,
       eval_batch_size=1, mean=(0.485, 0.456, 0.406),
-      std=(0.229, 0.224, 0.225), cache=False, num_workers=2))
+      std=(0.229, 0.224, 0.225), cache=False, num_workers=2,
+      color_jitter=ml_collections.ConfigDict(dict(
+          brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2))))
   c.model = ml_collections.ConfigDict(dict(name="mprompt_hrnet_w40",
                                            kwargs={}))
   c.init_checkpoint = ""
+  c.eval_tiling = ml_collections.ConfigDict(dict(
+      max_size=2048, tile_size=1024, overlap=128, blend="linear",
+      tile_batch=9, mode="nine_patch"))
   c.optim = ml_collections.ConfigDict(dict(
-      name="adam", lr=1e-4, schedule="constant", warmup_steps=0,
+      name="adam", lr=1e-4, schedule="step", warmup_steps=0,
+      step_boundaries=decay_steps(n_train, _BATCH), step_factor=_DECAY,
       weight_decay=0.0, clip_norm=0.0))
   c.total_steps = math.ceil(_EPOCHS * n_train / _BATCH)
   c.log_every = 50

@@ -108,9 +108,11 @@ def _finish(batch, mean, std):
 
 
 def _augment(sample, rng, *, crop_size, flip, vflip, scale_range,
-             pad_multiple, before=None, after=None):
+             pad_multiple, before=None, after=None, color_jitter=None):
   if before is not None:
     sample = before(sample)
+  if color_jitter is not None:
+    sample = transforms.color_jitter(sample, rng, **color_jitter)
   if scale_range is not None:
     sample = transforms.random_rescale(sample, scale_range, rng)
   if crop_size is not None:
@@ -126,7 +128,8 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
                   flip: bool = True, vflip: bool = False, scale_range=None,
                   pad_multiple: int = 1, mean=IMAGENET_MEAN,
                   std=IMAGENET_STD, cache: bool = True,
-                  fields: BatchFields = NO_FIELDS) -> grain.MapDataset:
+                  fields: BatchFields = NO_FIELDS,
+                  color_jitter=None) -> grain.MapDataset:
   """An endless grain MapDataset of training batches; ``ds[step]`` is the
   batch of that step.
 
@@ -145,7 +148,20 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
     cache: hold the decoded samples in memory (small data sets); else
       every batch decodes its images again (in :func:`iterate`'s workers).
     fields: the method's batch fields and host hooks.
+    color_jitter: None, or ``transforms.color_jitter``'s keyword arguments
+      (brightness, contrast, saturation, hue), applied after the method's
+      ``before_augment`` hook and before rescaling, cropping and flips (the
+      order of the mPrompt code).
+
+  Raises:
+    ValueError: for empty ``indices`` or unknown ``color_jitter`` keys.
   """
+  if color_jitter is not None:
+    color_jitter = dict(color_jitter)
+    unknown = set(color_jitter) - {"brightness", "contrast", "saturation",
+                                   "hue"}
+    if unknown:
+      raise ValueError(f"color_jitter: unknown keys {sorted(unknown)}")
   indices = list(range(len(source))) if indices is None else list(indices)
   if not indices:
     raise ValueError("train_dataset: no training images (indices is empty)")
@@ -159,7 +175,7 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
       _augment, crop_size=None if crop_size is None else tuple(crop_size),
       flip=flip, vflip=vflip, scale_range=scale_range,
       pad_multiple=pad_multiple, before=fields.before_augment,
-      after=fields.after_augment)
+      after=fields.after_augment, color_jitter=color_jitter)
   ds = (ds.shuffle(seed=seed).repeat(None)
         .random_map(augment, seed=seed + 1)
         .map(functools.partial(_prepare, fields=fields,

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from PIL import ImageEnhance
 
 __all__ = ["crop", "random_crop", "hflip", "vflip", "random_flip", "resize",
-           "random_rescale", "pad_to_size", "pad_to_multiple"]
+           "random_rescale", "pad_to_size", "pad_to_multiple",
+           "color_jitter"]
 
 
 def _with(sample, **fields):
@@ -115,6 +117,56 @@ def random_flip(sample, rng: np.random.Generator, *, horizontal: bool = True,
   if vertical and rng.random() < 0.5:
     sample = vflip(sample)
   return sample
+
+
+def _shift_hue(img: Image.Image, factor: float) -> Image.Image:
+  # PIL's 8-bit HSV; hue rotates by int(factor * 255) (truncated) mod 256.
+  h, sat, val = img.convert("HSV").split()
+  shift = int(factor * 255)
+  h = Image.fromarray(
+      ((np.asarray(h, np.int64) + shift) % 256).astype(np.uint8), "L")
+  return Image.merge("HSV", (h, sat, val)).convert("RGB")
+
+
+def color_jitter(sample, rng: np.random.Generator, *,
+                 brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, hue: float = 0.0):
+  """Random brightness, contrast, saturation and hue of the uint8 image, in a
+  random order; points, boxes and masks are unchanged.
+
+  As torchvision's ``ColorJitter`` on PIL images (the mPrompt code's
+  ``ColorJitter(0.2, 0.2, 0.2, 0.2)``): factors uniform in
+  [max(0, 1 - v), 1 + v] for brightness / contrast / saturation (PIL
+  ``ImageEnhance``: a blend with black, with the grey image's rounded mean,
+  with the grey image) and uniform in [-hue, hue] for the hue (a rotation of
+  PIL's 8-bit HSV hue by int(255 * factor)); an argument of 0 skips that
+  adjustment. The draws come from ``rng``, so a seeded generator gives the
+  same image.
+
+  Raises:
+    ValueError: for a negative argument or ``hue`` above 0.5.
+  """
+  args = dict(brightness=brightness, contrast=contrast,
+              saturation=saturation, hue=hue)
+  if min(args.values()) < 0 or hue > 0.5:
+    raise ValueError(f"color_jitter: arguments must be >= 0 and hue <= 0.5, "
+                     f"got {args}")
+  ops = []
+  for name, enhance in (("brightness", ImageEnhance.Brightness),
+                        ("contrast", ImageEnhance.Contrast),
+                        ("saturation", ImageEnhance.Color)):
+    if args[name] > 0:
+      f = rng.uniform(max(0.0, 1.0 - args[name]), 1.0 + args[name])
+      ops.append(lambda im, e=enhance, f=f: e(im).enhance(f))
+  if hue > 0:
+    f = rng.uniform(-hue, hue)
+    ops.append(lambda im, f=f: _shift_hue(im, f))
+  if not ops:
+    return sample
+  img = Image.fromarray(np.asarray(sample["image"], np.uint8), "RGB")
+  for i in rng.permutation(len(ops)):
+    img = ops[i](img)
+  return _with(sample, image=np.asarray(img, np.uint8).copy())
 
 
 def resize(sample, height: int, width: int):

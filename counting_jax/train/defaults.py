@@ -11,12 +11,15 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``ema_decay``: > 0 keeps a moving average of the parameters, used for
   evaluation.
 - ``eval_tiling``: images with a side above ``max_size`` input pixels are
-  evaluated in ``tile_size`` tiles overlapping by ``overlap``.
+  evaluated in ``tile_size`` tiles overlapping by ``overlap``;
+  ``mode="nine_patch"``: every image in the mPrompt 9 patches.
 - ``xla_cpu_ynn_fusion_type``: XLA:CPU YNNPACK fusion kinds of the jitted
   steps (``counting_jax.train.compile_options``).
 - ``input.cache``: hold the decoded training split in memory (small sets).
 - ``input.num_workers``: input worker processes (0 = a background thread).
 - ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
+- ``input.color_jitter``: None, or ``counting_jax.data.transforms.
+  color_jitter``'s arguments (brightness, contrast, saturation, hue).
 - ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float}``.
 - ``published``, ``published_protocol``, ``published_dataset``: a results
   table and the data set fields it was measured on
@@ -44,7 +47,7 @@ DEFAULTS = {
     "accum_steps": 1,
     "ema_decay": 0.0,
     "eval_tiling": {"max_size": 2048, "tile_size": 1024, "overlap": 128,
-                    "blend": "linear", "tile_batch": 4},
+                    "blend": "linear", "tile_batch": 4, "mode": "tiles"},
     "xla_cpu_ynn_fusion_type": DEFAULT_YNN_FUSION_TYPE,
     "init_checkpoint": "",
     "num_panels": 4,
@@ -59,7 +62,7 @@ DEFAULTS = {
     "eval_loc_threshold": None,
     "eval_loc_max_points": 4096,
     "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
-              "max_exemplars": 0},
+              "max_exemplars": 0, "color_jitter": None},
     "optim": {"groups": {}},
 }
 

@@ -157,7 +157,8 @@ def train_and_evaluate(config, workdir) -> dict:
       crop_size=_opt(inp.get("crop_size")), flip=inp.flip, vflip=inp.vflip,
       scale_range=_opt(inp.get("scale_range")),
       pad_multiple=inp.pad_multiple, mean=inp.mean, std=inp.std,
-      cache=inp.cache, fields=method.fields)
+      cache=inp.cache, fields=method.fields,
+      color_jitter=_opt(inp.get("color_jitter")))
 
   first = ds[0]
   state = state_lib.create_train_state(

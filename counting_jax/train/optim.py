@@ -9,20 +9,34 @@ __all__ = ["make_schedule", "make_optimizer"]
 
 
 def make_schedule(lr: float, *, schedule: str = "constant", total_steps: int,
-                  warmup_steps: int = 0, end_factor: float = 0.0):
-  """Learning-rate schedule: "constant" or "cosine" (to ``lr*end_factor``),
-  each after an optional linear warm-up from 0.
+                  warmup_steps: int = 0, end_factor: float = 0.0,
+                  step_boundaries=(), step_factor: float = 0.1):
+  """Learning-rate schedule: "constant", "cosine" (to ``lr*end_factor``) or
+  "step" (``lr`` multiplied by ``step_factor`` at each of the optimiser
+  steps ``step_boundaries``, as PyTorch's ``StepLR``/``MultiStepLR``: the
+  step at a boundary already has the decayed rate), each after an optional
+  linear warm-up from 0. Boundaries count from step 0, warm-up included.
 
   Raises:
-    ValueError: for an unknown schedule name.
+    ValueError: for an unknown schedule name, or "step" boundaries that are
+      not increasing or not after the warm-up.
   """
   if schedule == "constant":
     main = optax.constant_schedule(lr)
   elif schedule == "cosine":
     main = optax.cosine_decay_schedule(
         lr, max(1, total_steps - warmup_steps), alpha=end_factor)
+  elif schedule == "step":
+    bounds = [int(b) for b in (step_boundaries or ())]
+    if any(b <= warmup_steps for b in bounds) or bounds != sorted(set(bounds)):
+      raise ValueError("optim.step_boundaries must be increasing steps after "
+                       f"warmup_steps={warmup_steps}, got {tuple(bounds)}")
+    # join_schedules below shifts the main schedule by the warm-up.
+    main = optax.piecewise_constant_schedule(
+        lr, {b - warmup_steps: float(step_factor) for b in bounds})
   else:
-    raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    raise ValueError("schedule must be 'constant', 'cosine' or 'step', got "
+                     f"{schedule!r}")
   if warmup_steps <= 0:
     return main
   warm = optax.linear_schedule(0.0, lr, warmup_steps)
@@ -33,11 +47,14 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int,
                    schedule: str = "constant", warmup_steps: int = 0,
                    weight_decay: float = 0.0, clip_norm: float | None = None,
                    momentum: float = 0.9, end_factor: float = 0.0,
+                   step_boundaries=(), step_factor: float = 0.1,
                    groups=None, param_labels=None):
   """An optax optimiser: "adam" (weight decay coupled as L2, as PyTorch's
   ``Adam(weight_decay=...)`` in the official repos), "adamw" or "sgd"
   (momentum), optionally after global-norm gradient clipping (of all
-  trainable gradients together).
+  trainable gradients together). ``schedule``, ``warmup_steps``,
+  ``end_factor``, ``step_boundaries`` and ``step_factor``: see
+  :func:`make_schedule`.
 
   Parameter groups (``groups`` with ``param_labels``): ``param_labels(params)``
   names each parameter's group (a method's ``param_labels``); ``groups``
@@ -59,9 +76,12 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int,
                     total_steps=total_steps, schedule=schedule,
                     warmup_steps=warmup_steps, weight_decay=weight_decay,
                     clip_norm=clip_norm, momentum=momentum,
-                    end_factor=end_factor)
+                    end_factor=end_factor, step_boundaries=step_boundaries,
+                    step_factor=step_factor)
   lr_fn = make_schedule(lr, schedule=schedule, total_steps=total_steps,
-                        warmup_steps=warmup_steps, end_factor=end_factor)
+                        warmup_steps=warmup_steps, end_factor=end_factor,
+                        step_boundaries=step_boundaries,
+                        step_factor=step_factor)
   if name == "adam":
     core = optax.chain(optax.add_decayed_weights(weight_decay),
                        optax.adam(lr_fn)) if weight_decay else optax.adam(lr_fn)

@@ -80,7 +80,7 @@ def model_inputs(batch, method) -> dict:
 def predict_densities(predict, inputs, *, stride: int, multiple: int,
                       max_size: int | None = None, tile_size: int = 1024,
                       overlap: int = 128, blend: str = "linear",
-                      tile_batch: int = 4):
+                      tile_batch: int = 4, mode: str = "tiles"):
   """Densities float32 [b, H // stride, W // stride] of a batch of padded,
   normalised images float32 [b, H, W, 3] (H, W multiples of ``multiple``),
   or of a dict of model inputs holding them as ``image``.
@@ -89,20 +89,29 @@ def predict_densities(predict, inputs, *, stride: int, multiple: int,
   cut into ``tile_size`` tiles overlapping by ``overlap`` and stitched with
   ``blend`` weights (``tiling.predict_tiled``), ``tile_batch`` tiles per
   call, each tile with its image's other inputs (e.g. text tokens); the
-  others go through the model whole, as one batch.
+  others go through the model whole, as one batch. ``mode="nine_patch"``
+  instead cuts every image into the 9 half-size patches of the mPrompt
+  evaluation (``tiling.nine_patch_boxes``, H and W multiples of 8) and
+  stitches their central regions (``blend="core"``), whatever its size.
 
   Raises:
     ValueError: when a tiled image has exemplar boxes (a box is defined in
-      the whole image, not in a tile): raise ``max_size``.
+      the whole image, not in a tile): raise ``max_size``; for an unknown
+      ``mode``.
   """
+  if mode not in ("tiles", "nine_patch"):
+    raise ValueError("eval_tiling.mode must be 'tiles' or 'nine_patch', got "
+                     f"{mode!r}")
   if not isinstance(inputs, dict):
     inputs = {"image": inputs}
   images = np.asarray(inputs["image"], np.float32)
-  if max_size is None or max(images.shape[1:3]) <= max_size:
+  if mode == "tiles" and (max_size is None
+                          or max(images.shape[1:3]) <= max_size):
     return predict(dict(inputs, image=images))
   if "exemplars" in inputs:
     raise ValueError(f"images of {images.shape[1:3]} px exceed "
-                     f"eval_tiling.max_size={max_size}; tiled prediction is "
+                     f"eval_tiling.max_size={max_size} (or mode={mode!r}); "
+                     "tiled prediction is "
                      "not defined for exemplar boxes: raise max_size")
   out = []
   for i, im in enumerate(images):
@@ -112,6 +121,14 @@ def predict_densities(predict, inputs, *, stride: int, multiple: int,
       return predict({"image": tiles, **{
           k: np.repeat(v[None], len(tiles), 0) for k, v in rest.items()}})
 
+    if mode == "nine_patch":
+      boxes = tiling.nine_patch_boxes(*im.shape[:2])
+      tiles = tiling.tile_image(im, boxes)
+      dens = np.concatenate([np.asarray(tiles_fn(tiles[j:j + tile_batch]))
+                             for j in range(0, len(tiles), tile_batch)])
+      out.append(tiling.stitch(dens, boxes, *im.shape[:2], stride=stride,
+                               overlap=0, blend="core"))
+      continue
     out.append(tiling.predict_tiled(
         tiles_fn, im, tile=tile_size, overlap=overlap, stride=stride,
         multiple=multiple, blend=blend, batch_size=tile_batch))

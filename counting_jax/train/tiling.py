@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["tile_starts", "tile_grid", "tile_image", "tile_weights",
-           "stitch", "predict_tiled"]
+           "stitch", "predict_tiled", "nine_patch_boxes"]
 
 _BLENDS = ("core", "linear")
 
@@ -211,3 +211,24 @@ def predict_tiled(predict_fn, image, *, tile: int, overlap: int,
                          for i in range(0, len(tiles), batch_size)])
   return stitch(dens, boxes, height, width, stride=stride, overlap=overlap,
                 blend=blend)
+
+
+def nine_patch_boxes(height: int, width: int):
+  """The 9 windows ``(y0, x0, H/2, W/2)`` at offsets (H/4) i, (W/4) j,
+  i, j in {0, 1, 2}, row-major, of the mPrompt evaluation (Guo et al.,
+  CVPR 2024, official code; not in the paper). :func:`stitch` with
+  ``blend="core"`` then keeps each patch's central region and the outer
+  patches' outer 3/4, as the official code stitches: rows [0, 3H/8),
+  [3H/8, 5H/8), [5H/8, H) and the same for columns.
+
+  Raises:
+    ValueError: unless ``height`` and ``width`` are multiples of 8 (the
+      split points H/4 and 3H/8 are then whole pixels; the mPrompt resize
+      rule gives multiples of 32).
+  """
+  if height <= 0 or width <= 0 or height % 8 or width % 8:
+    raise ValueError(f"nine_patch_boxes: image {height} x {width} must have "
+                     "positive sides that are multiples of 8")
+  h, w = height // 2, width // 2
+  return [(height // 4 * i, width // 4 * j, h, w)
+          for i in range(3) for j in range(3)]

@@ -5,6 +5,7 @@ import itertools
 import grain
 import numpy as np
 import pytest
+from PIL import Image
 
 from counting_jax.data import sample as sample_lib
 from counting_jax.data import transforms
@@ -189,3 +190,56 @@ def test_resize_maps_the_border_onto_the_border():
                                rtol=1e-6)
     assert np.sum(out["points"][:, 0] == width) == 3
     assert len(transforms.crop(out, 0, 0, height, width)["points"]) == 8
+
+
+def _colourful(h=24, w=32, seed=0):
+  rng = np.random.default_rng(seed)
+  s = sample_lib.make_sample(
+      rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+      rng.uniform(0, [w, h], (9, 2)).astype(np.float32), "c",
+      boxes=[[2.0, 3.0, 10.0, 12.0]])
+  s["masks"] = rng.random((h, w, 2)).astype(np.float32)
+  return s
+
+
+def test_color_jitter_changes_only_colours_and_is_seeded():
+  s = _colourful()
+  kw = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2)
+  a = transforms.color_jitter(s, np.random.default_rng(3), **kw)
+  b = transforms.color_jitter(s, np.random.default_rng(3), **kw)
+  c = transforms.color_jitter(s, np.random.default_rng(4), **kw)
+  assert a["image"].dtype == np.uint8 and a["image"].shape == s["image"].shape
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert not np.array_equal(a["image"], s["image"])
+  assert not np.array_equal(a["image"], c["image"])
+  for k in ("points", "boxes", "masks"):
+    np.testing.assert_array_equal(a[k], s[k])
+  assert transforms.color_jitter(s, np.random.default_rng(0)) is s
+  with pytest.raises(ValueError, match="hue"):
+    transforms.color_jitter(s, np.random.default_rng(0), hue=0.6)
+
+
+def test_color_jitter_closed_forms():
+  s = _colourful()
+  # Brightness alone: x * f, f the generator's first draw in [0.8, 1.2].
+  f = np.random.default_rng(7).uniform(0.8, 1.2)
+  out = transforms.color_jitter(s, np.random.default_rng(7), brightness=0.2)
+  want = np.clip(s["image"].astype(np.float64) * f, 0, 255)
+  assert np.abs(out["image"] - want).max() <= 1.0
+  # Saturation and hue leave a grey image grey and unchanged.
+  grey = dict(s, image=np.repeat(s["image"][..., :1], 3, -1))
+  for seed in range(3):
+    out = transforms.color_jitter(grey, np.random.default_rng(seed),
+                                  saturation=0.2, hue=0.2)
+    np.testing.assert_array_equal(out["image"], grey["image"])
+  # Hue alone rotates PIL's 8-bit hue: pure red (hue 0) goes to hue
+  # int(255 f) mod 256 (to 1 step after the 8-bit RGB round trip), full
+  # saturation and value kept.
+  red = dict(s, image=np.tile(np.array([255, 0, 0], np.uint8), (24, 32, 1)))
+  for seed in (3, 4):  # f = -0.166, 0.177
+    f = np.random.default_rng(seed).uniform(-0.2, 0.2)
+    out = transforms.color_jitter(red, np.random.default_rng(seed), hue=0.2)
+    hsv = np.asarray(Image.fromarray(out["image"]).convert("HSV"), np.int64)
+    d = (hsv[..., 0] - int(255 * f)) % 256
+    assert np.minimum(d, 256 - d).max() <= 1, (f, hsv[0, 0])
+    assert (hsv[..., 1:] == 255).all()

@@ -55,6 +55,8 @@ def test_method_fields_and_errors():
   config = mprompt_config.get_config("dataset=qnrf")
   assert config.method.resize_rule == "large"
   assert config.total_steps == 52_544  # 700 epochs of 1201 images, batch 16
+  assert dict(config.input.color_jitter) == dict(
+      brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2)
   method = methods.build(config)
   assert method.stride == 1 and method.inputs == ("image",)
   config.method.prompt = "segmenter"
@@ -62,3 +64,24 @@ def test_method_fields_and_errors():
     methods.build(config)
   with pytest.raises(ValueError, match="dataset must be one of"):
     mprompt_config.get_config("dataset=jhu")
+
+
+@pytest.mark.parametrize("dataset,n_train", [("sha", 300), ("qnrf", 1201)])
+def test_preset_learning_rate_is_the_official_steplr(dataset, n_train):
+  # StepLR(step_size=300, gamma=0.4), stepped once per epoch: 1e-4 in
+  # epochs 0-299, 4e-5 in 300-599, 1.6e-5 in 600-699, read at the
+  # trainer's epoch of each step.
+  from counting_jax.train import optim
+  config = mprompt_config.get_config(f"dataset={dataset}")
+  o = config.optim
+  lr = optim.make_schedule(o.lr, schedule=o.schedule,
+                           total_steps=config.total_steps,
+                           warmup_steps=o.warmup_steps,
+                           step_boundaries=o.step_boundaries,
+                           step_factor=o.step_factor)
+  batch = config.input.batch_size
+  for step in (0, *[b + d for b in o.step_boundaries for d in (-1, 0)],
+               config.total_steps - 1):
+    epoch = loop.epochs_done(step, batch, n_train)
+    assert float(lr(step)) == pytest.approx(1e-4 * 0.4 ** (epoch // 300),
+                                            rel=1e-6), (step, epoch)

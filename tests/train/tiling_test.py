@@ -131,3 +131,52 @@ def test_predict_densities_tiles_only_large_images(conv_model):
       overlap=16, blend="core", tile_batch=2)
   assert all(c[1:] == (48, 48, 3) and c[0] <= 2 for c in calls)
   np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(32, 48), (64, 40)])
+def test_nine_patch_core_stitch_is_the_official_central_regions(hw):
+  # Official mPrompt stitching, written out: patch (i, j) gives rows
+  # [0, 3H/8) / [3H/8, 5H/8) / [5H/8, H) for i = 0 / 1 / 2, columns alike.
+  h, w = hw
+  boxes = tiling.nine_patch_boxes(h, w)
+  assert len(boxes) == 9 and boxes[4] == (h // 4, w // 4, h // 2, w // 2)
+  dens = np.random.default_rng(0).random((9, h // 2, w // 2))
+  got = tiling.stitch(dens, boxes, h, w, stride=1, overlap=h // 4,
+                      blend="core")
+
+  def part(r, n):
+    return 0 if r < 3 * n // 8 else 1 if r < 5 * n // 8 else 2
+
+  want = np.zeros((h, w))
+  for r in range(h):
+    for c in range(w):
+      i, j = part(r, h), part(c, w)
+      y0, x0 = boxes[3 * i + j][:2]
+      want[r, c] = dens[3 * i + j, r - y0, c - x0]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Patches cut from one map stitch back to it (the same count).
+  full = np.random.default_rng(1).random((h, w))
+  cut = tiling.tile_image(full[..., None], boxes)[..., 0]
+  np.testing.assert_allclose(
+      tiling.stitch(cut, boxes, h, w, stride=1, overlap=h // 4,
+                    blend="core"), full, rtol=1e-6)
+  with pytest.raises(ValueError, match="multiples of 8"):
+    tiling.nine_patch_boxes(36, 48)
+
+
+def test_nine_patch_mode_of_predict_densities():
+  images = np.random.default_rng(2).random((2, 32, 48, 3)).astype(np.float32)
+  seen = []
+
+  def predict(inputs):  # a pointwise model: stitching must give it back
+    seen.append(inputs["image"].shape)
+    return inputs["image"].sum(-1)
+
+  got = predict_lib.predict_densities(predict, images, stride=1, multiple=8,
+                                      max_size=None, tile_batch=4,
+                                      mode="nine_patch")
+  np.testing.assert_allclose(got, images.sum(-1), rtol=1e-6)
+  assert seen == [(4, 16, 24, 3), (4, 16, 24, 3), (1, 16, 24, 3)] * 2
+  with pytest.raises(ValueError, match="mode"):
+    predict_lib.predict_densities(predict, images, stride=1, multiple=8,
+                                  mode="ten_patch")

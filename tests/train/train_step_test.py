@@ -76,8 +76,23 @@ def test_optimizer_and_schedule_errors():
   with pytest.raises(ValueError, match="optimizer must be"):
     optim.make_optimizer("lamb", lr=1.0, total_steps=10)
   with pytest.raises(ValueError, match="schedule must be"):
-    optim.make_schedule(1.0, schedule="step", total_steps=10)
+    optim.make_schedule(1.0, schedule="poly", total_steps=10)
   lr = optim.make_schedule(1.0, schedule="cosine", total_steps=10,
                            warmup_steps=2)
   assert float(lr(0)) == 0.0 and float(lr(2)) == pytest.approx(1.0)
   assert float(lr(10)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_step_schedule_is_torch_multisteplr():
+  # PyTorch MultiStepLR(milestones=[4, 7], gamma=0.5) after a 2-step
+  # warm-up: the rate of step s is lr * 0.5 ** (number of milestones <= s).
+  lr = optim.make_schedule(2.0, schedule="step", total_steps=10,
+                           warmup_steps=2, step_boundaries=(4, 7),
+                           step_factor=0.5)
+  got = [float(lr(s)) for s in range(10)]
+  assert got == pytest.approx([0.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0,
+                               0.5, 0.5, 0.5])
+  for bad in ((7, 4), (2, 5), (4, 4)):
+    with pytest.raises(ValueError, match="step_boundaries"):
+      optim.make_schedule(1.0, schedule="step", total_steps=10,
+                          warmup_steps=2, step_boundaries=bad)
