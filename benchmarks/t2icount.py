@@ -22,8 +22,9 @@ buffer size, and the largest float32 difference of the UNet taps.
 Memory: the float32 weights are held twice (PyTorch and JAX, ~4.3 GB each);
 bfloat16 casts both in place of the float32 copies.
 
-The HSCM decoder of the T2ICount head is timed too once ``decoder_functions``
-returns its JAX and PyTorch forwards (see there).
+The HSCM decoder of the T2ICount head is timed too ("decoder": the Flax
+module against a PyTorch module of the same architecture from
+``benchmarks/t2icount_decoder.py``, which also runs alone).
 """
 
 from __future__ import annotations
@@ -183,11 +184,11 @@ def torch_functions(modules, x, dtype):
 
 
 def decoder_functions(dtype):
-  """{"JAX": fn, "PyTorch": fn} of the HSCM decoder forward on the taps, or
-  None. The T2ICount head adds its decoder here (same weights on both
-  sides); until then only the feature extractor is timed."""
-  del dtype
-  return None
+  """{"JAX": fn, "PyTorch": fn} of the HSCM decoder forward on the 384²
+  tap shapes (random weights, the same on both sides; the PyTorch module
+  of ``benchmarks/t2icount_decoder.py``)."""
+  import t2icount_decoder  # pylint: disable=g-import-not-at-top
+  return t2icount_decoder.callables(dtype)
 
 
 def _status(field: str) -> int:

@@ -32,7 +32,7 @@ from counting_jax.convert import t2icount_keys
 from counting_jax.convert import torch as tc
 from counting_jax.models import t2icount_decoder as td
 
-__all__ = ["TorchHSCMDecoder", "rows", "main"]
+__all__ = ["TorchHSCMDecoder", "callables", "rows", "main"]
 
 
 def _conv(i, o, k=3):
@@ -182,6 +182,39 @@ def _median(fn, iters):
     fn()
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def callables(dtype, batch: int = 1, seed: int = 0) -> dict:
+  """``{"JAX": fn, "PyTorch": fn}``: zero-argument decoder forwards on the
+  384² tap shapes in ``dtype`` (jnp.float32 / jnp.bfloat16), the same
+  random weights on both sides (for ``benchmarks/t2icount.py``)."""
+  torch.manual_seed(seed)
+  tdtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
+  tmodel = TorchHSCMDecoder().eval()
+  sd = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
+  tmodel = tmodel.to(tdtype)
+  g = np.random.default_rng(seed)
+  shapes = ((1280, 6), (1280, 12), (640, 24), (320, 48))
+  taps = [g.normal(size=(batch, s, s, c)).astype(np.float32)
+          for c, s in shapes]
+  t0 = g.normal(size=(batch, 768)).astype(np.float32)
+  model = td.HSCMDecoder(dtype=dtype)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), tuple(taps), t0)
+  params = jax.device_put(tc.apply_rules(
+      sd, t2icount_keys.hscm_decoder_rules(""), abstract))
+  fn = jax.jit(lambda p, x, t: model.apply(p, x, t)["density"])
+  xs = tuple(jnp.asarray(x, dtype) for x in taps)
+  jt0 = jnp.asarray(t0, dtype)
+  ttaps = [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(tdtype)
+           for x in taps]
+  tt0 = torch.from_numpy(t0).to(tdtype)
+
+  def run_torch():
+    with torch.no_grad():
+      return tmodel(ttaps, tt0)
+
+  return {"JAX": lambda: jax.block_until_ready(fn(params, xs, jt0)),
+          "PyTorch": run_torch}
 
 
 def rows(batch: int = 1, iters: int = 5, threads: int = 2) -> list[dict]:
