@@ -55,7 +55,8 @@ def get_config(arg=None):
       name="adamw", lr=5e-5, schedule="constant", warmup_steps=0,
       weight_decay=5e-5, clip_norm=None,
       groups=dict(vae=dict(frozen=True), clip=dict(frozen=True),
-                  unet=dict(lr=5e-6), decoder=dict(lr=5e-5))))
+                  unet=dict(lr=5e-6, weight_decay=5e-6),
+                  decoder=dict(lr=5e-5, weight_decay=5e-5))))
   # 300 epochs of 3659 images at batch 16.
   c.total_steps = 300 * (3659 // 16)
   c.log_every = 50

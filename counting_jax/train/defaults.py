@@ -17,7 +17,8 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``input.cache``: hold the decoded training split in memory (small sets).
 - ``input.num_workers``: input worker processes (0 = a background thread).
 - ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
-- ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float}``.
+- ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float,
+  "weight_decay": float}``.
 - ``published``, ``published_protocol``, ``published_dataset``: a results
   table and the data set fields it was measured on
   (``counting_jax.train.published``).
