@@ -13,11 +13,11 @@ after a random rescale s ~ U[1, 2) (official: with p = 0.5), horizontal
 flips, no schedule, validation from epoch 50, best by val MAE + RMSE
 (paper model: val 13.78 / 58.78, test 11.76 / 97.86 MAE / RMSE). Images
 are normalised to [-1, 1]; the density is x60 (count = sum / 60).
-Evaluation (``eval_tiling``): the shared tiler with 384² tiles and no
-overlap, the last tile shifted to the border as officially, on the image
-padded to 64 px, tile maps joined at stride 8. The official procedure
-(tile maps upsampled x8 bilinearly, / 64, overlaps averaged at full
-resolution) is ``counting_jax.train.t2icount_tiling``.
+Evaluation and predict (``eval_tiling.mode = "t2icount"``): the official
+procedure (``counting_jax.train.t2icount_tiling``) on each real image
+(padding cut off): 384² tiles at stride 384, the last shifted to the
+border, 16 tiles per call, tile maps upsampled x8 bilinearly, / 64,
+overlaps averaged at full resolution.
 
 Arguments (``--config fsc147_t2icount:smoke=True``):
   smoke: a few steps of a tiny random-weight model on 64-px crops of the
@@ -64,7 +64,8 @@ def get_config(arg=None):
   c.num_panels = 4
   c.panel_sigma = 4.0
   c.eval_tiling = ml_collections.ConfigDict(dict(
-      max_size=384, tile_size=384, overlap=0, blend="linear", tile_batch=16))
+      mode="t2icount", max_size=384, tile_size=384, overlap=0,
+      blend="linear", tile_batch=16))
   if a["smoke"]:
     c.model.kwargs = dict(size="tiny")
     c.dataset.train_split = "test"

@@ -10,8 +10,10 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``accum_steps``: micro-batches per optimiser step.
 - ``ema_decay``: > 0 keeps a moving average of the parameters, used for
   evaluation.
-- ``eval_tiling``: images with a side above ``max_size`` input pixels are
-  evaluated in ``tile_size`` tiles overlapping by ``overlap``.
+- ``eval_tiling``: ``mode`` "shared": images with a side above
+  ``max_size`` input pixels are evaluated in ``tile_size`` tiles
+  overlapping by ``overlap``; "t2icount": every image in T2ICount's
+  official tiling (``predict.predict_densities``).
 - ``xla_cpu_ynn_fusion_type``: XLA:CPU YNNPACK fusion kinds of the jitted
   steps (``counting_jax.train.compile_options``).
 - ``input.cache``: hold the decoded training split in memory (small sets).
@@ -44,8 +46,8 @@ DEFAULTS = {
     "compute_dtype": "float32",
     "accum_steps": 1,
     "ema_decay": 0.0,
-    "eval_tiling": {"max_size": 2048, "tile_size": 1024, "overlap": 128,
-                    "blend": "linear", "tile_batch": 4},
+    "eval_tiling": {"mode": "shared", "max_size": 2048, "tile_size": 1024,
+                    "overlap": 128, "blend": "linear", "tile_batch": 4},
     "xla_cpu_ynn_fusion_type": DEFAULT_YNN_FUSION_TYPE,
     "init_checkpoint": "",
     "num_panels": 4,

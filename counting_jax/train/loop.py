@@ -484,7 +484,7 @@ def localize(config, workdir, images, out_dir,
         exemplars=exemplars)
     dens = predict_lib.predict_densities(
         fn, batch, stride=counting.stride, multiple=inp.pad_multiple,
-        **dict(config.eval_tiling))[0]
+        image_size=size, **dict(config.eval_tiling))[0]
     return density_lib.crop_to_image(dens, size[0], counting.stride)
 
   _, kwargs = _eval_localization(config, counting.stride)
