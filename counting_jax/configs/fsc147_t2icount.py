@@ -9,7 +9,7 @@
 
 Official recipe: SD-1.5 UNet fine-tuned with AdamW lr 5e-6 (wd 5e-6), the
 HSCM decoder at 5e-5 (wd 5e-5), VAE and CLIP frozen, batch 16, 384² crops
-after a random rescale s ~ U[1, 2) (official: with p = 0.5), horizontal
+after a random rescale s ~ U[1, 2) with p = 0.5 (``scale_prob``), horizontal
 flips, no schedule, validation from epoch 50, best by val MAE + RMSE
 (paper model: val 13.78 / 58.78, test 11.76 / 97.86 MAE / RMSE). Images
 are normalised to [-1, 1]; the density is x60 (count = sum / 60).
@@ -43,7 +43,7 @@ def get_config(arg=None):
       data_dir="", manual_dir=""))
   c.input = ml_collections.ConfigDict(dict(
       batch_size=16, crop_size=(384, 384), flip=True, vflip=False,
-      scale_range=(1.0, 2.0), max_points=4096, pad_multiple=64,
+      scale_range=(1.0, 2.0), scale_prob=0.5, max_points=4096, pad_multiple=64,
       eval_batch_size=1, cache=False, num_workers=4,
       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
   c.model = ml_collections.ConfigDict(dict(

@@ -16,6 +16,7 @@ optional field the trainer reads, with the default below, so the loop reads
   official tiling (``predict.predict_densities``).
 - ``xla_cpu_ynn_fusion_type``: XLA:CPU YNNPACK fusion kinds of the jitted
   steps (``counting_jax.train.compile_options``).
+- ``input.scale_prob``: probability of the ``input.scale_range`` rescale.
 - ``input.cache``: hold the decoded training split in memory (small sets).
 - ``input.num_workers``: input worker processes (0 = a background thread).
 - ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
@@ -62,6 +63,7 @@ DEFAULTS = {
     "eval_loc_threshold": None,
     "eval_loc_max_points": 4096,
     "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
+              "scale_prob": 1.0,
               "max_exemplars": 0},
     "optim": {"groups": {}},
 }
