@@ -9,15 +9,15 @@
 
 Official recipe: SD-1.5 UNet fine-tuned with AdamW lr 5e-6 (wd 5e-6), the
 HSCM decoder at 5e-5 (wd 5e-5), VAE and CLIP frozen, batch 16, 384² crops
-after a random rescale s ~ U[1, 2) (official: with p = 0.5), horizontal
+after a random rescale s ~ U[1, 2) with p = 0.5 (``scale_prob``), horizontal
 flips, no schedule, validation from epoch 50, best by val MAE + RMSE
 (paper model: val 13.78 / 58.78, test 11.76 / 97.86 MAE / RMSE). Images
 are normalised to [-1, 1]; the density is x60 (count = sum / 60).
-Evaluation (``eval_tiling``): the shared tiler with 384² tiles and no
-overlap, the last tile shifted to the border as officially, on the image
-padded to 64 px, tile maps joined at stride 8. The official procedure
-(tile maps upsampled x8 bilinearly, / 64, overlaps averaged at full
-resolution) is ``counting_jax.train.t2icount_tiling``.
+Evaluation and predict (``eval_tiling.mode = "t2icount"``): the official
+procedure (``counting_jax.train.t2icount_tiling``) on each real image
+(padding cut off): 384² tiles at stride 384, the last shifted to the
+border, 16 tiles per call, tile maps upsampled x8 bilinearly, / 64,
+overlaps averaged at full resolution.
 
 Arguments (``--config fsc147_t2icount:smoke=True``):
   smoke: a few steps of a tiny random-weight model on 64-px crops of the
@@ -43,7 +43,7 @@ def get_config(arg=None):
       data_dir="", manual_dir=""))
   c.input = ml_collections.ConfigDict(dict(
       batch_size=16, crop_size=(384, 384), flip=True, vflip=False,
-      scale_range=(1.0, 2.0), max_points=4096, pad_multiple=64,
+      scale_range=(1.0, 2.0), scale_prob=0.5, max_points=4096, pad_multiple=64,
       eval_batch_size=1, cache=False, num_workers=4,
       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
   c.model = ml_collections.ConfigDict(dict(
@@ -55,7 +55,8 @@ def get_config(arg=None):
       name="adamw", lr=5e-5, schedule="constant", warmup_steps=0,
       weight_decay=5e-5, clip_norm=None,
       groups=dict(vae=dict(frozen=True), clip=dict(frozen=True),
-                  unet=dict(lr=5e-6), decoder=dict(lr=5e-5))))
+                  unet=dict(lr=5e-6, weight_decay=5e-6),
+                  decoder=dict(lr=5e-5, weight_decay=5e-5))))
   # 300 epochs of 3659 images at batch 16.
   c.total_steps = 300 * (3659 // 16)
   c.log_every = 50
@@ -63,7 +64,8 @@ def get_config(arg=None):
   c.num_panels = 4
   c.panel_sigma = 4.0
   c.eval_tiling = ml_collections.ConfigDict(dict(
-      max_size=384, tile_size=384, overlap=0, blend="linear", tile_batch=16))
+      mode="t2icount", max_size=384, tile_size=384, overlap=0,
+      blend="linear", tile_batch=16))
   if a["smoke"]:
     c.model.kwargs = dict(size="tiny")
     c.dataset.train_split = "test"

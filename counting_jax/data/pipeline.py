@@ -108,13 +108,15 @@ def _finish(batch, mean, std):
 
 
 def _augment(sample, rng, *, crop_size, flip, vflip, scale_range,
-             pad_multiple, before=None, after=None, color_jitter=None):
+             pad_multiple, before=None, after=None, color_jitter=None,
+             scale_prob=1.0):
   if before is not None:
     sample = before(sample)
   if color_jitter is not None:
     sample = transforms.color_jitter(sample, rng, **color_jitter)
   if scale_range is not None:
-    sample = transforms.random_rescale(sample, scale_range, rng)
+    sample = transforms.random_rescale(sample, scale_range, rng,
+                                       prob=scale_prob)
   if crop_size is not None:
     sample = transforms.random_crop(sample, crop_size, rng)
   sample = transforms.random_flip(sample, rng, horizontal=flip,
@@ -129,7 +131,8 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
                   pad_multiple: int = 1, mean=IMAGENET_MEAN,
                   std=IMAGENET_STD, cache: bool = True,
                   fields: BatchFields = NO_FIELDS,
-                  color_jitter=None) -> grain.MapDataset:
+                  color_jitter=None,
+                  scale_prob: float = 1.0) -> grain.MapDataset:
   """An endless grain MapDataset of training batches; ``ds[step]`` is the
   batch of that step.
 
@@ -143,6 +146,7 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
       (then all images must share one size).
     flip, vflip: random horizontal / vertical flips.
     scale_range: (lo, hi) random rescale factor, or None.
+    scale_prob: probability of that rescale (T2ICount officially 0.5).
     pad_multiple: pad H, W up to a multiple of this (model down-sampling).
     mean, std: per-channel normalisation of x / 255.
     cache: hold the decoded samples in memory (small data sets); else
@@ -174,6 +178,7 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
   augment = functools.partial(
       _augment, crop_size=None if crop_size is None else tuple(crop_size),
       flip=flip, vflip=vflip, scale_range=scale_range,
+      scale_prob=scale_prob,
       pad_multiple=pad_multiple, before=fields.before_augment,
       after=fields.after_augment, color_jitter=color_jitter)
   ds = (ds.shuffle(seed=seed).repeat(None)

@@ -9,6 +9,7 @@ anchor's and three other images', shuffled on a 448² canvas; tiles of
 another class lose their points and get R = 0; the prompt is the anchor's
 class). Then a random rescale by s ~ U[1, 2) with p = 0.5, a random 384²
 crop and a horizontal flip (the shared transforms; ``input.scale_range``,
+``scale_prob``,
 ``crop_size``, ``flip``), and the targets at stride 8
 (:func:`add_targets`, the ``after_augment`` hook):
 

@@ -197,8 +197,19 @@ def _resize_masks(masks, height, width):
                   axis=-1)
 
 
-def random_rescale(sample, scale_range, rng: np.random.Generator):
-  """Resize by a factor drawn uniformly from ``scale_range`` (lo, hi)."""
+def random_rescale(sample, scale_range, rng: np.random.Generator,
+                   prob: float = 1.0):
+  """Resize by a factor drawn uniformly from ``scale_range`` (lo, hi), with
+  probability ``prob`` (T2ICount officially: 0.5); else unchanged. With
+  ``prob`` >= 1 no coin is drawn (the draws of ``rng`` are as before).
+
+  Raises:
+    ValueError: for ``prob`` outside [0, 1].
+  """
+  if not 0.0 <= prob <= 1.0:
+    raise ValueError(f"input.scale_prob must be in [0, 1], got {prob}")
+  if prob < 1.0 and rng.random() >= prob:
+    return sample
   lo, hi = scale_range
   f = float(rng.uniform(lo, hi))
   h, w = sample["image"].shape[:2]

@@ -11,10 +11,9 @@ L_RRC per level, as the official trainer). Density: the model's map / 60.
 
 Parameter groups (``param_labels``): ``vae`` and ``clip`` (frozen in the
 official recipe: ``optim.groups.vae.frozen = True``), ``unet`` (AdamW lr
-5e-6, wd 5e-6 officially: 0.1 x the decoder's) and ``decoder`` (lr 5e-5).
-The shared optimiser applies one weight decay to every group; the official
-UNet group uses 0.1 x the decoder's (5e-6 vs 5e-5), a difference of
-2.25e-10 per step at these learning rates.
+5e-6, wd 5e-6 officially: 0.1 x the decoder's lr and weight decay, set as
+``optim.groups.unet.lr`` / ``.weight_decay``) and ``decoder`` (lr 5e-5, wd
+5e-5).
 
 Config fields read: ``model.kwargs`` (``size``: "sd15" or "tiny";
 ``decoder_dims``, ``decoder_heads``, ``timestep``), ``compute_dtype``,

@@ -10,17 +10,21 @@ optional field the trainer reads, with the default below, so the loop reads
 - ``accum_steps``: micro-batches per optimiser step.
 - ``ema_decay``: > 0 keeps a moving average of the parameters, used for
   evaluation.
-- ``eval_tiling``: images with a side above ``max_size`` input pixels are
-  evaluated in ``tile_size`` tiles overlapping by ``overlap``;
-  ``mode="nine_patch"``: every image in the mPrompt 9 patches.
+- ``eval_tiling``: ``mode`` "tiles": images with a side above ``max_size``
+  input pixels are evaluated in ``tile_size`` tiles overlapping by
+  ``overlap``; "nine_patch": every image in the mPrompt 9 patches;
+  "t2icount": every image in T2ICount's official tiling
+  (``predict.predict_densities``).
 - ``xla_cpu_ynn_fusion_type``: XLA:CPU YNNPACK fusion kinds of the jitted
   steps (``counting_jax.train.compile_options``).
+- ``input.scale_prob``: probability of the ``input.scale_range`` rescale.
 - ``input.cache``: hold the decoded training split in memory (small sets).
 - ``input.num_workers``: input worker processes (0 = a background thread).
 - ``input.max_exemplars``: exemplar boxes per image (exemplar methods).
 - ``input.color_jitter``: None, or ``counting_jax.data.transforms.
   color_jitter``'s arguments (brightness, contrast, saturation, hue).
-- ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float}``.
+- ``optim.groups``: per parameter group ``{"frozen": bool, "lr": float,
+  "weight_decay": float}``.
 - ``published``, ``published_protocol``, ``published_dataset``: a results
   table and the data set fields it was measured on
   (``counting_jax.train.published``).
@@ -62,7 +66,8 @@ DEFAULTS = {
     "eval_loc_threshold": None,
     "eval_loc_max_points": 4096,
     "input": {"pad_multiple": 8, "cache": True, "num_workers": 0,
-              "max_exemplars": 0, "color_jitter": None},
+              "scale_prob": 1.0, "max_exemplars": 0,
+              "color_jitter": None},
     "optim": {"groups": {}},
 }
 

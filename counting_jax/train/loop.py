@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir) -> dict:
       source, indices=stream, batch_size=local_bs,
       max_points=inp.max_points, seed=config.seed,
       crop_size=_opt(inp.get("crop_size")), flip=inp.flip, vflip=inp.vflip,
-      scale_range=_opt(inp.get("scale_range")),
+      scale_range=_opt(inp.get("scale_range")), scale_prob=inp.scale_prob,
       pad_multiple=inp.pad_multiple, mean=inp.mean, std=inp.std,
       cache=inp.cache, fields=method.fields,
       color_jitter=_opt(inp.get("color_jitter")))
@@ -519,7 +519,7 @@ def localize(config, workdir, images, out_dir,
         exemplars=exemplars)
     dens = predict_lib.predict_densities(
         fn, batch, stride=counting.stride, multiple=inp.pad_multiple,
-        **dict(config.eval_tiling))[0]
+        image_size=size, **dict(config.eval_tiling))[0]
     return density_lib.crop_to_image(dens, size[0], counting.stride)
 
   _, kwargs = _eval_localization(config, counting.stride)

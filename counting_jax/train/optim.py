@@ -58,15 +58,18 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int,
 
   Parameter groups (``groups`` with ``param_labels``): ``param_labels(params)``
   names each parameter's group (a method's ``param_labels``); ``groups``
-  maps group names to ``{"frozen": bool, "lr": float}``: a frozen group gets
-  no update (``optax.set_to_zero``: its optimiser state is empty, its
-  parameters stay bit-identical), a group with ``lr`` gets the same
-  optimiser and schedule with that peak learning rate. Parameters of groups
-  not named in ``groups`` train with the arguments above.
+  maps group names to ``{"frozen": bool, "lr": float, "weight_decay":
+  float}``: a frozen group gets no update (``optax.set_to_zero``: its
+  optimiser state is empty, its parameters stay bit-identical), a group
+  with ``lr`` / ``weight_decay`` gets the same optimiser and schedule with
+  that peak learning rate / weight decay (e.g. T2ICount's UNet: 0.1x the
+  decoder's lr and weight decay). Parameters of groups not named in
+  ``groups`` train with the arguments above.
 
   Raises:
     ValueError: for an unknown optimiser name, groups without
-      ``param_labels``, or a group entry with other keys than frozen / lr.
+      ``param_labels``, or a group entry with other keys than frozen / lr /
+      weight_decay.
   """
   if groups:
     if param_labels is None:
@@ -97,19 +100,23 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int,
   return core
 
 
-def _grouped(groups, param_labels, *, clip_norm, lr, **kwargs):
-  transforms = {"default": make_optimizer(lr=lr, **kwargs)}
+def _grouped(groups, param_labels, *, clip_norm, lr, weight_decay,
+             **kwargs):
+  transforms = {"default": make_optimizer(lr=lr, weight_decay=weight_decay,
+                                          **kwargs)}
   for group, spec in groups.items():
     spec = dict(spec)
-    unknown = set(spec) - {"frozen", "lr"}
+    unknown = set(spec) - {"frozen", "lr", "weight_decay"}
     if unknown:
       raise ValueError(f"optim.groups.{group}: unknown keys {sorted(unknown)}"
-                       " (valid: frozen, lr)")
+                       " (valid: frozen, lr, weight_decay)")
     if spec.get("frozen", False):
       transforms[group] = optax.set_to_zero()
     else:
-      transforms[group] = make_optimizer(lr=float(spec.get("lr", lr)),
-                                         **kwargs)
+      transforms[group] = make_optimizer(
+          lr=float(spec.get("lr", lr)),
+          weight_decay=float(spec.get("weight_decay", weight_decay)),
+          **kwargs)
 
   def labels(params):
     return jax.tree.map(lambda g: g if g in groups else "default",

@@ -26,6 +26,7 @@ from counting_jax import density as density_lib
 from counting_jax.data import files as files_lib
 from counting_jax.data import pipeline, transforms
 from counting_jax.train import image_list, panels, sharding, tiling
+from counting_jax.train import t2icount_tiling
 
 __all__ = ["make_predict_fn", "predict_densities", "predict_counts",
            "count_images", "list_images", "predict_folder", "model_inputs",
@@ -80,28 +81,43 @@ def model_inputs(batch, method) -> dict:
 def predict_densities(predict, inputs, *, stride: int, multiple: int,
                       max_size: int | None = None, tile_size: int = 1024,
                       overlap: int = 128, blend: str = "linear",
-                      tile_batch: int = 4, mode: str = "tiles"):
+                      tile_batch: int = 4, mode: str = "tiles",
+                      image_size=None):
   """Densities float32 [b, H // stride, W // stride] of a batch of padded,
   normalised images float32 [b, H, W, 3] (H, W multiples of ``multiple``),
   or of a dict of model inputs holding them as ``image``.
 
-  Images with a side above ``max_size`` input pixels (never when None) are
-  cut into ``tile_size`` tiles overlapping by ``overlap`` and stitched with
-  ``blend`` weights (``tiling.predict_tiled``), ``tile_batch`` tiles per
-  call, each tile with its image's other inputs (e.g. text tokens); the
-  others go through the model whole, as one batch. ``mode="nine_patch"``
-  instead cuts every image into the 9 half-size patches of the mPrompt
-  evaluation (``tiling.nine_patch_boxes``, H and W multiples of 8) and
-  stitches their central regions (``blend="core"``), whatever its size.
+  ``mode`` "tiles" (``eval_tiling.mode``): images with a side above
+  ``max_size`` input pixels (never when None) are cut into ``tile_size``
+  tiles overlapping by ``overlap`` and stitched with ``blend`` weights
+  (``tiling.predict_tiled``), ``tile_batch`` tiles per call, each tile with
+  its image's other inputs (e.g. text tokens); the others go through the
+  model whole, as one batch.
+
+  ``mode`` "nine_patch": every image, whatever its size, is cut into the 9
+  half-size patches of the mPrompt evaluation (``tiling.nine_patch_boxes``,
+  H and W multiples of 8) and their central regions are stitched
+  (``blend="core"``).
+
+  ``mode`` "t2icount": every image, cropped to its real ``image_size``
+  (int [b, 2] height, width before padding; the whole padded image when
+  None), goes through T2ICount's official tiling
+  (``t2icount_tiling.official_tiled_density``: ``tile_size`` tiles at
+  stride ``tile_size``, the last shifted to the border, ``tile_batch``
+  tiles per call, maps upsampled to full resolution and overlaps
+  averaged); the full-resolution density is summed back into
+  ``stride`` x ``stride`` cells of the padded image (zero over the
+  padding), so the count is the official one. ``max_size``, ``overlap``
+  and ``blend`` are not used.
 
   Raises:
-    ValueError: when a tiled image has exemplar boxes (a box is defined in
-      the whole image, not in a tile): raise ``max_size``; for an unknown
-      ``mode``.
+    ValueError: for an unknown ``mode``, or when a tiled image has exemplar
+      boxes (a box is defined in the whole image, not in a tile): raise
+      ``max_size``.
   """
-  if mode not in ("tiles", "nine_patch"):
-    raise ValueError("eval_tiling.mode must be 'tiles' or 'nine_patch', got "
-                     f"{mode!r}")
+  if mode not in ("tiles", "nine_patch", "t2icount"):
+    raise ValueError("eval_tiling.mode must be 'tiles', 'nine_patch' or "
+                     f"'t2icount', got {mode!r}")
   if not isinstance(inputs, dict):
     inputs = {"image": inputs}
   images = np.asarray(inputs["image"], np.float32)
@@ -110,9 +126,9 @@ def predict_densities(predict, inputs, *, stride: int, multiple: int,
     return predict(dict(inputs, image=images))
   if "exemplars" in inputs:
     raise ValueError(f"images of {images.shape[1:3]} px exceed "
-                     f"eval_tiling.max_size={max_size} (or mode={mode!r}); "
-                     "tiled prediction is "
-                     "not defined for exemplar boxes: raise max_size")
+                     f"eval_tiling.max_size={max_size} (or eval_tiling.mode "
+                     f"is {mode!r}); tiled prediction is not defined for "
+                     "exemplar boxes: raise max_size")
   out = []
   for i, im in enumerate(images):
     rest = {k: v[i] for k, v in inputs.items() if k != "image"}
@@ -121,6 +137,11 @@ def predict_densities(predict, inputs, *, stride: int, multiple: int,
       return predict({"image": tiles, **{
           k: np.repeat(v[None], len(tiles), 0) for k, v in rest.items()}})
 
+    if mode == "tiles":
+      out.append(tiling.predict_tiled(
+          tiles_fn, im, tile=tile_size, overlap=overlap, stride=stride,
+          multiple=multiple, blend=blend, batch_size=tile_batch))
+      continue
     if mode == "nine_patch":
       boxes = tiling.nine_patch_boxes(*im.shape[:2])
       tiles = tiling.tile_image(im, boxes)
@@ -129,9 +150,14 @@ def predict_densities(predict, inputs, *, stride: int, multiple: int,
       out.append(tiling.stitch(dens, boxes, *im.shape[:2], stride=stride,
                                overlap=0, blend="core"))
       continue
-    out.append(tiling.predict_tiled(
-        tiles_fn, im, tile=tile_size, overlap=overlap, stride=stride,
-        multiple=multiple, blend=blend, batch_size=tile_batch))
+    h, w = (im.shape[:2] if image_size is None
+            else (int(image_size[i][0]), int(image_size[i][1])))
+    full = np.zeros(im.shape[:2], np.float32)
+    full[:h, :w] = t2icount_tiling.official_tiled_density(
+        tiles_fn, im[:h, :w], tile=tile_size, stride=stride,
+        chunk=tile_batch, density_scale=1.0)  # predict gives counts
+    hh, ww = im.shape[0] // stride, im.shape[1] // stride
+    out.append(full.reshape(hh, stride, ww, stride).sum((1, 3)))
   return np.stack(out)
 
 
@@ -226,7 +252,8 @@ def predict_counts(predict, images, image_size, *, stride: int,
     edge in full and leaves out cells of padding only).
   """
   dens = predict_densities(predict, images, stride=stride,
-                           multiple=multiple, **tiling_kwargs)
+                           multiple=multiple, image_size=image_size,
+                           **tiling_kwargs)
   counts = np.asarray(density_lib.count_in_image(dens, image_size, stride),
                       np.float64)
   return dens, counts

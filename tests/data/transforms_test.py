@@ -243,3 +243,25 @@ def test_color_jitter_closed_forms():
     d = (hsv[..., 0] - int(255 * f)) % 256
     assert np.minimum(d, 256 - d).max() <= 1, (f, hsv[0, 0])
     assert (hsv[..., 1:] == 255).all()
+
+
+def test_random_rescale_probability():
+  """``prob``: about that share of samples rescaled; prob 1 draws no coin
+  (the same factor as before); prob 0 leaves the sample as it is."""
+  sample = {"image": np.zeros((20, 30, 3), np.uint8),
+            "points": np.array([[10.0, 5.0]], np.float32),
+            "boxes": np.zeros((0, 4), np.float32)}
+  sizes = [transforms.random_rescale(sample, (1.5, 2.0),
+                                     np.random.default_rng(s),
+                                     prob=0.5)["image"].shape[0]
+           for s in range(200)]
+  share = np.mean([h != 20 for h in sizes])
+  assert 0.4 < share < 0.6, share
+  a = transforms.random_rescale(sample, (1.5, 2.0), np.random.default_rng(3))
+  f = np.random.default_rng(3).uniform(1.5, 2.0)
+  assert a["image"].shape[:2] == (round(20 * f), round(30 * f))
+  assert transforms.random_rescale(
+      sample, (1.5, 2.0), np.random.default_rng(3), prob=0.0) is sample
+  with pytest.raises(ValueError, match="scale_prob"):
+    transforms.random_rescale(sample, (1.5, 2.0), np.random.default_rng(3),
+                              prob=1.5)

@@ -64,6 +64,8 @@ def test_method_contract(setup):
   groups = dict(config.optim.groups)
   assert groups["vae"]["frozen"] and groups["clip"]["frozen"]
   assert groups["unet"]["lr"] == 5e-6 and groups["decoder"]["lr"] == 5e-5
+  assert groups["unet"]["weight_decay"] == 5e-6  # 0.1x the decoder's
+  assert groups["decoder"]["weight_decay"] == 5e-5
   assert config.input.batch_size == 2  # smoke; the full recipe uses 16
   assert fsc147_t2icount.get_config().input.batch_size == 16
   np.testing.assert_array_equal(method.fields.tokenize("apples"),

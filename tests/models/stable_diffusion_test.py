@@ -110,3 +110,26 @@ def test_unet_stops_at_last_tap():
       "up_blocks_0", "up_blocks_1"]
   assert sorted(params["up_blocks_1"]) == ["attentions_0", "attentions_1",
                                            "resnets_0", "resnets_1"]
+
+
+def test_query_blocks_equal_one_block():
+  """The CPU path (queries in blocks) and the one-block path agree, and the
+  maps are the softmax of the scaled scores averaged over heads."""
+  from counting_jax.models.stable_diffusion import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  q, k, v = (jnp.asarray(3 * rng.normal(size=(2, 512, 16)), jnp.float32)
+             for _ in range(3))
+  one = layers.attention(q, k, v, 4)
+  blocks = jax.jit(lambda q, k, v: layers.attention(q, k, v, 4,
+                                                    query_chunk=128))(q, k, v)
+  np.testing.assert_allclose(blocks, one, atol=1e-5)
+  out, probs = layers.attention(q, k[:, :7], v[:, :7], 4, return_probs=True)
+  qh = np.asarray(q).reshape(2, 512, 4, 4)
+  kh = np.asarray(k[:, :7]).reshape(2, 7, 4, 4)
+  s = np.einsum("bnhd,bmhd->bhnm", qh, kh) / 2.0
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(probs, p.mean(1), atol=1e-6)
+  vh = np.asarray(v[:, :7]).reshape(2, 7, 4, 4)
+  np.testing.assert_allclose(
+      out, np.einsum("bhnm,bmhd->bnhd", p, vh).reshape(2, 512, 16), atol=1e-5)

@@ -51,3 +51,58 @@ def test_small_image_is_padded_and_cropped():
   np.testing.assert_allclose(got, 1 / 64, rtol=1e-6)
   with pytest.raises(ValueError, match="H, W, 3"):
     tt.official_tiled_density(lambda t: t, np.zeros((8, 8)))
+
+
+def test_eval_mode_t2icount_equals_the_official_function():
+  """``predict_counts`` with ``eval_tiling.mode = "t2icount"`` (what eval
+  and predict call) on a tiny Flax model that reads image and tokens: the
+  count of a padded image equals the official tiling of the real image."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from counting_jax.configs import fsc147_t2icount  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import predict as predict_lib  # pylint: disable=g-import-not-at-top
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, image, tokens):
+      x = nn.Conv(4, (3, 3))(image)
+      x = nn.Conv(1, (8, 8), strides=8)(jnp.tanh(x))[..., 0]
+      return jax.nn.softplus(x) * (1.0 + tokens[:, :1, None] / 10.0)
+
+  model = Tiny()
+  g = np.random.default_rng(1)
+  image = np.zeros((1, 128, 192, 3), np.float32)  # padded to 64
+  image[0, :70, :150] = g.normal(size=(70, 150, 3))
+  tokens = np.array([[3, 5]], np.int32)
+  params = model.init(jax.random.key(0), image[:, :32, :32], tokens)
+  apply = jax.jit(model.apply)
+
+  def predict(inputs):
+    return np.asarray(apply(params, inputs["image"], inputs["tokens"]))
+
+  tiling_kwargs = dict(fsc147_t2icount.get_config().eval_tiling)
+  assert tiling_kwargs["mode"] == "t2icount"
+  tiling_kwargs.update(tile_size=32, tile_batch=4)
+  size = np.array([[70, 150]], np.int32)
+  dens, counts = predict_lib.predict_counts(
+      predict, {"image": image, "tokens": tokens}, size, stride=8,
+      multiple=64, **tiling_kwargs)
+  want = tt.official_tiled_density(
+      lambda t: predict({"image": t, "tokens": np.repeat(tokens, len(t), 0)}),
+      image[0, :70, :150], tile=32, stride=8, chunk=4, density_scale=1.0)
+  assert dens.shape == (1, 16, 24)
+  np.testing.assert_allclose(counts[0], want.sum(), rtol=1e-5)
+  full = np.zeros((128, 192), np.float32)
+  full[:70, :150] = want
+  np.testing.assert_allclose(
+      dens[0], full.reshape(16, 8, 24, 8).sum((1, 3)), rtol=1e-5, atol=1e-7)
+  # The shared tiler gives another count here (no shifted last tile).
+  shared = dict(tiling_kwargs, mode="tiles", max_size=32)
+  _, other = predict_lib.predict_counts(
+      predict, {"image": image, "tokens": tokens}, size, stride=8,
+      multiple=32, **shared)
+  assert abs(other[0] - counts[0]) > 1e-3 * abs(counts[0])
+  with pytest.raises(ValueError, match="eval_tiling.mode"):
+    predict_lib.predict_counts(predict, {"image": image, "tokens": tokens},
+                               size, stride=8, multiple=64, mode="bogus")

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["group_norm", "conv", "timestep_embedding", "ResnetBlock",
-           "attention", "Attention", "TransformerBlock", "SpatialTransformer",
+           "attention", "default_query_chunk", "CPU_QUERY_CHUNK",
+           "Attention", "TransformerBlock", "SpatialTransformer",
            "Downsample", "Upsample", "TimestepEmbedding"]
 
 
@@ -102,13 +103,31 @@ class ResnetBlock(nn.Module):
     return x + h
 
 
-def attention(q, k, v, heads: int, *, return_probs: bool = False):
-  """Multi-head scaled dot-product attention.
+# Query block of the CPU attention path (see :func:`attention`).
+CPU_QUERY_CHUNK = 256
+
+
+def default_query_chunk() -> int | None:
+  """:data:`CPU_QUERY_CHUNK` on the CPU backend, else None (one block)."""
+  return CPU_QUERY_CHUNK if jax.default_backend() == "cpu" else None
+
+
+def attention(q, k, v, heads: int, *, return_probs: bool = False,
+              query_chunk: int | None = None):
+  """Multi-head scaled dot-product attention, softmax in float32.
 
   Args:
     q: [B, N, heads * d]; k, v: [B, M, heads * d].
     heads: number of heads.
     return_probs: also return the head-averaged softmax(QKᵀ/√d).
+    query_chunk: without ``return_probs``, process the queries in blocks of
+      this many (``lax.map``) when it divides N and is smaller than N. Same
+      values; on XLA:CPU the scores of a block stay in cache: SD's 48x48
+      self-attention (2304 tokens, 8 heads of 40) takes 0.040 s in blocks of
+      256 instead of 0.12 s (jaxlib 0.10.2, 2 cores, XLA's default CPU
+      options; 0.078 s with YNNPACK for dots only; PyTorch's fused
+      ``scaled_dot_product_attention`` 0.043 s). Layers pass
+      :func:`default_query_chunk` (blocks on CPU only).
 
   Returns:
     [B, N, heads * d] in q's dtype, and with ``return_probs`` the float32
@@ -116,14 +135,30 @@ def attention(q, k, v, heads: int, *, return_probs: bool = False):
   """
   b, n, c = q.shape
   d = c // heads
-  q = q.reshape(b, n, heads, d)
-  k = k.reshape(b, k.shape[1], heads, d)
-  v = v.reshape(b, v.shape[1], heads, d)
-  scores = jnp.einsum("bnhd,bmhd->bhnm", q, k,
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
-  probs = jax.nn.softmax(scores, axis=-1)
-  out = jnp.einsum("bhnm,bmhd->bnhd", probs.astype(v.dtype), v)
-  out = out.reshape(b, n, c)
+  q = (q * (d ** -0.5)).reshape(b, n, heads, d).transpose(0, 2, 1, 3)
+  k = k.reshape(b, k.shape[1], heads, d).transpose(0, 2, 3, 1)
+  v = v.reshape(b, v.shape[1], heads, d).transpose(0, 2, 1, 3)
+
+  def block(qb):  # [B, heads, n_b, d] -> (out, probs)
+    scores = jnp.matmul(qb, k, preferred_element_type=jnp.float32)
+    probs = jnp.exp(scores - scores.max(-1, keepdims=True))
+    total = probs.sum(-1, keepdims=True)
+    if return_probs:
+      probs = probs / total
+      return jnp.matmul(probs.astype(v.dtype), v), probs
+    out = jnp.matmul(probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32) / total
+    return out.astype(v.dtype), None
+
+  if (return_probs or query_chunk is None or query_chunk >= n or
+      n % query_chunk):
+    out, probs = block(q)
+  else:
+    blocks = q.reshape(b, heads, n // query_chunk, query_chunk, d)
+    out = jax.lax.map(lambda qb: block(qb)[0], blocks.transpose(2, 0, 1, 3, 4))
+    out = out.transpose(1, 2, 0, 3, 4)  # [B, heads, blocks, chunk, d]
+    probs = None
+  out = out.reshape(b, heads, n, d).transpose(0, 2, 1, 3).reshape(b, n, c)
   if return_probs:
     return out, probs.mean(axis=1)
   return out
@@ -148,7 +183,8 @@ class Attention(nn.Module):
         c, use_bias=bias, dtype=self.dtype, name=name)
     q, k, v = (dense("to_q")(x), dense("to_k")(context),
                dense("to_v")(context))
-    result = attention(q, k, v, self.heads, return_probs=return_probs)
+    result = attention(q, k, v, self.heads, return_probs=return_probs,
+                       query_chunk=default_query_chunk())
     if return_probs:
       out, probs = result
       return dense("to_out_0", True)(out), probs

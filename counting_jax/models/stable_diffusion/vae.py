@@ -39,7 +39,7 @@ class _MidAttention(nn.Module):
     y = y.reshape(b, h * w, c)
     dense = lambda name: nn.Dense(c, dtype=self.dtype, name=name)
     y = layers.attention(dense("to_q")(y), dense("to_k")(y), dense("to_v")(y),
-                         1)
+                         1, query_chunk=layers.default_query_chunk())
     return x + dense("to_out_0")(y).reshape(b, h, w, c)
 
 
