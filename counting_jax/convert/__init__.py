@@ -12,9 +12,10 @@ result as an orbax checkpoint. Command line:
 
 The Stable Diffusion 1.5 feature extractor (``sd15_vae_encoder``,
 ``sd15_unet``, ``clip_vit_l14_text``, ``sd15_feature_extractor``: an ldm
-single file, e.g. T2ICount's checkpoint) has its own converters
-(:data:`counting_jax.convert.stable_diffusion.CONVERTERS`), reached through
-the same functions.
+single file, e.g. T2ICount's checkpoint) and the whole T2ICount model
+(``t2icount``: SD-1.5 parts + HSCM decoder) have their own converters
+(:data:`FUNCTION_CONVERTERS`: ``stable_diffusion.CONVERTERS`` and
+``t2icount.CONVERTERS``), reached through the same functions.
 
 To start a counter from ImageNet weights, convert them for the backbone name
 (e.g. ``'vgg19'``) and replace the counter's ``params['backbone']`` (and
@@ -30,13 +31,15 @@ from counting_jax.convert import hrnet_keys
 from counting_jax.convert import mprompt_keys
 from counting_jax.convert import resnet_keys
 from counting_jax.convert import stable_diffusion
+from counting_jax.convert import t2icount
 from counting_jax.convert import vgg_keys
 from counting_jax.convert.orbax_io import load_variables
 from counting_jax.convert.orbax_io import save_variables
 from counting_jax.convert.torch import apply_rules
 from counting_jax.convert.torch import load_state_dict
 
-__all__ = ["KEY_MAPS", "KEY_NORMALIZERS", "MODEL_NAMES", "build_model",
+__all__ = ["KEY_MAPS", "KEY_NORMALIZERS", "MODEL_NAMES",
+           "FUNCTION_CONVERTERS", "build_model",
            "abstract_variables",
            "convert_state_dict", "convert_checkpoint", "save_variables",
            "load_variables"]
@@ -77,8 +80,12 @@ KEY_NORMALIZERS = {
     "mprompt_tiny": mprompt_keys.normalize,
 }
 
+# Model name -> fn(state_dict, name=...) -> variables, for models converted
+# part by part rather than by one key map.
+FUNCTION_CONVERTERS = {**stable_diffusion.CONVERTERS, **t2icount.CONVERTERS}
+
 # Every name ``convert_checkpoint`` accepts.
-MODEL_NAMES = tuple(sorted({*KEY_MAPS, *stable_diffusion.CONVERTERS}))
+MODEL_NAMES = tuple(sorted({*KEY_MAPS, *FUNCTION_CONVERTERS}))
 
 # Parameter shapes do not depend on the image size; 64 suits every stride.
 _INIT_SIZE = 64
@@ -114,11 +121,11 @@ def convert_state_dict(state_dict, model_name: str, *,
 
   Returns and raises as :func:`convert_checkpoint`.
   """
-  if model_name in stable_diffusion.CONVERTERS:
+  if model_name in FUNCTION_CONVERTERS:
     if model_kwargs:
       raise ValueError(f"{model_name} takes no model attributes, got "
                        f"{sorted(model_kwargs)}")
-    return stable_diffusion.CONVERTERS[model_name](state_dict, name=name)
+    return FUNCTION_CONVERTERS[model_name](state_dict, name=name)
   model = build_model(model_name, **model_kwargs)
   rules, ignore = KEY_MAPS[model_name](model)
   if model_name in KEY_NORMALIZERS:
@@ -135,7 +142,7 @@ def convert_checkpoint(path, model_name: str, **model_kwargs) -> dict:
       prefixes and ``{'model'|'state_dict'|'model_state_dict': ...}``
       wrappers handled) or ``.safetensors``.
     model_name: a key of :data:`KEY_MAPS` (counters and backbones) or of
-      :data:`counting_jax.convert.stable_diffusion.CONVERTERS`.
+      :data:`FUNCTION_CONVERTERS`.
     **model_kwargs: attributes of the model (e.g. ``fuse_upsample``); only
       those that change parameter shapes matter.
 

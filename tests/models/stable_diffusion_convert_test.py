@@ -240,3 +240,42 @@ def test_bad_checkpoints_are_refused():
   with pytest.raises(ValueError, match="unexpected keys"):
     conv.convert_unet({**ref.state_dict(ref.torch_unet()), "foo.w": 0},
                       sd.UNetConfig.tiny())
+
+
+def test_whole_t2icount_checkpoint():
+  """SD-1.5 parts + HSCM decoder of one T2ICount file -> the T2ICount
+  model's tree, every tensor where the official key says. (The tiny test
+  UNet and CLIP differ in width, so this model converts but would not
+  run; the decoder's shapes come from the UNet's taps.)"""
+  from counting_jax.convert import t2icount as t2i_conv  # pylint: disable=g-import-not-at-top
+  from counting_jax.convert import t2icount_keys  # pylint: disable=g-import-not-at-top
+  from counting_jax.models import t2icount as t2i  # pylint: disable=g-import-not-at-top
+  tiny = dict(vae=sd.VAEConfig.tiny(), unet=sd.UNetConfig.tiny(),
+              clip=sd.CLIPTextConfig.tiny())
+  model = t2i.T2ICount(**tiny, decoder_dims=(32, 16, 16), decoder_heads=2)
+  decoder = t2i_conv._abstract_decoder(model)["params"]  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  decoder = jax.tree.map(
+      lambda s: rng.standard_normal(s.shape).astype(np.float32), decoder)
+  # The official tensors, written from the Flax ones by inverting each rule.
+  state = {k: v for k, v in _ldm_checkpoint("t2icount").items()
+           if not k.startswith("decoder.")}
+  for rule in t2icount_keys.hscm_decoder_rules("decoder."):
+    leaf = decoder
+    for part in rule.target[1:]:
+      leaf = leaf[part]
+    state[rule.source] = {"conv": lambda a: a.transpose(3, 2, 0, 1),
+                          "linear": lambda a: a.T,
+                          "copy": lambda a: a}[rule.layout](leaf)
+  got = t2i_conv.convert_t2icount(state, model=model)
+  assert sorted(got["params"]) == ["clip", "decoder", "unet", "vae"]
+  jax.tree.map(np.testing.assert_array_equal, got["params"]["decoder"],
+               decoder)
+  parts, _ = conv.convert_ldm(state, **tiny)
+  for ours, theirs in (("vae", "vae_encoder"), ("unet", "unet"),
+                       ("clip", "text_encoder")):
+    jax.tree.map(np.testing.assert_array_equal, got["params"][ours],
+                 parts[theirs]["params"])
+  with pytest.raises(ValueError, match="not a T2ICount checkpoint"):
+    t2i_conv.convert_t2icount(_ldm_checkpoint("sd"), model=model)
+  assert {"t2icount", "t2icount_tiny"} <= set(convert.MODEL_NAMES)
