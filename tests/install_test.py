@@ -53,6 +53,11 @@ def test_wheel_holds_the_cells_data_and_configs(wheel):
   assert len(want) == 400 and got == want
   assert "counting_jax/configs/cells.py" in names
   assert "counting_jax/configs/crowd_shb.py" in names
+  for config in ("mprompt", "fsc147_seg_then_count", "fsc147_t2icount"):
+    assert f"counting_jax/configs/{config}.py" in names
+  # The CLIP tokenizer's merges and their licence (T2ICount runs offline).
+  assert "counting_jax/text/assets/bpe_simple_vocab_16e6.txt.gz" in names
+  assert "counting_jax/text/assets/LICENSE_CLIP_BPE" in names
 
 
 def test_installed_package_runs_the_main_job_smoke(wheel, tmp_path):
