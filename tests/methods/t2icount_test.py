@@ -14,7 +14,8 @@ from counting_jax import methods
 from counting_jax.configs import fsc147_t2icount
 from counting_jax.data import pipeline
 from counting_jax.text import encode
-from counting_jax.train import optim, state as state_lib, step as step_lib
+from counting_jax.train import optim, run_folder
+from counting_jax.train import state as state_lib, step as step_lib
 
 
 def random_params(abstract, seed: int = 0):
@@ -134,6 +135,10 @@ def test_eval_protocol_configs():
     c = fsc147_t2icount.get_config(f"eval={arg}")
     assert (c.dataset.name, c.dataset.test_split, c.dataset.prompt) == want
     assert c.eval_tiling.mode == "t2icount" and c.method.mosaic_prob == 0.25
+    # A run trained with the default config accepts it in ``eval``.
+    assert not run_folder.differences(
+        fsc147_t2icount.get_config(), c,
+        ignore=run_folder.RUNTIME_FIELDS["eval"])
   assert fsc147_t2icount.get_config("eval=carpk").published[0][1] == (
       "8.61 / 13.47")
   with pytest.raises(ValueError, match="eval='pucpr'"):
