@@ -12,7 +12,8 @@ HSCM decoder at 5e-5 (wd 5e-5), VAE and CLIP frozen, batch 16, 384² crops
 after a random rescale s ~ U[1, 2) with p = 0.5 (``scale_prob``), horizontal
 flips, negative-prompt (p = 0.25) and mosaic (p = 0.25) samples
 (``method.negative_prob``, ``mosaic_prob``, ``mosaic_tile``,
-``target_density``), no schedule, validation from epoch 50, best by val MAE + RMSE
+``target_density``), no schedule, validation from epoch 50, best by val
+MAE + RMSE
 (paper model: val 13.78 / 58.78, test 11.76 / 97.86 MAE / RMSE). Images
 are normalised to [-1, 1]; the density is x60 (count = sum / 60).
 Evaluation and predict (``eval_tiling.mode = "t2icount"``): the official

@@ -2,7 +2,8 @@
 
 Training: source -> (cache) -> shuffle per epoch -> the method's ``mix``
 (mosaics, negative prompts: other training records drawn with the sample's
-generator from a :class:`RecordPool`) -> its ``before_augment`` -> augment (random_map, one seeded generator per element)
+generator from a :class:`RecordPool`) -> its ``before_augment`` -> augment
+(random_map, one seeded generator per element)
 -> the method's ``after_augment`` -> method fields -> pad points -> batch ->
 normalise. The result is a grain ``MapDataset`` of batches indexed by step:
 ``ds[step]`` is always the same batch for the same seed, which makes resumed
@@ -36,7 +37,8 @@ from counting_jax.data import transforms
 from counting_jax.data.fields import BatchFields
 
 __all__ = ["pad_points", "add_fields", "normalize", "train_dataset",
-           "iterate", "eval_batches", "RecordPool", "IMAGENET_MEAN", "IMAGENET_STD",
+           "iterate", "eval_batches", "RecordPool", "IMAGENET_MEAN",
+           "IMAGENET_STD",
            "NO_FIELDS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -2,7 +2,8 @@
 
 Build (TensorFlow-free, array_record)::
 
-  python -c "from counting_jax import data; data.load('fsc147_s', 'test', manual_dir='/data/FSC147')"
+  from counting_jax import data
+  data.load("fsc147_s", "test", manual_dir="/data/FSC147")
 
 Splits ``test`` (v2, ``FSC-147-S.json``, 230 images) and ``v1`` (the
 paper's ``FSC-147-S-v1.json``, 196), each present when its file is in the
@@ -25,8 +26,8 @@ from counting_jax.data import fsc147_s
 
 _CITATION = """@inproceedings{qian2025t2icount,
   title={T2ICount: Enhancing Cross-modal Understanding for Zero-Shot Counting},
-  author={Qian, Yifei and Guo, Zhongliang and Deng, Bowen and Lei, Chun Tong and Zhao, Shuai and Lau, Chun Pong and Hong, Xiaopeng and Pound, Michael P},
-  booktitle={IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  author={Qian, Yifei and others},
+  booktitle={CVPR},
   year={2025}}"""
 
 
