@@ -37,6 +37,7 @@ from counting_jax.data.builders.vgg_cells import VggCells
 from counting_jax.data.builders.carpk import Carpk
 from counting_jax.data.builders.dot_folder import DotFolder
 from counting_jax.data.builders.fsc147 import Fsc147
+from counting_jax.data.builders.fsc147_s import Fsc147S
 from counting_jax.data.builders.fsc147_synthetic import Fsc147Synthetic
 from counting_jax.data.builders.jhu_crowd import JhuCrowd
 from counting_jax.data.builders.nwpu_crowd import NwpuCrowd
@@ -53,6 +54,7 @@ DATASETS = {
     "nwpu_crowd": (NwpuCrowd, None),
     "fsc147": (Fsc147, None),
     "fsc147_synthetic": (Fsc147Synthetic, None),
+    "fsc147_s": (Fsc147S, None),
     "carpk": (Carpk, None),
     "dot_folder": (DotFolder, None),
 }

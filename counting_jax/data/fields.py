@@ -33,11 +33,19 @@ class BatchFields:
     after_augment: ``sample -> sample`` on the host, after the transforms
       and padding (targets at the final size). Added array fields must have
       the same shape for every sample of a batch.
+    mix: ``(sample, rng, draw) -> sample`` on the host, in training only,
+      first of all (before ``before_augment``): a sample built from the
+      stored one and others of the training set (mosaics, negative
+      prompts). ``rng`` is the sample's seeded ``numpy.random.Generator``
+      and ``draw(k)`` returns k distinct training records drawn uniformly
+      with it (``counting_jax.data.pipeline``), so a seed gives the same
+      samples on every run and worker.
 
-  Both hooks run in the input workers: they must be picklable (module-level
+  The hooks run in the input workers: they must be picklable (module-level
   functions or ``functools.partial`` of them) and deterministic.
   """
   max_exemplars: int | None = None
   tokenize: Callable[[str], np.ndarray] | None = None
   before_augment: Callable[[dict], dict] | None = None
   after_augment: Callable[[dict], dict] | None = None
+  mix: Callable[..., dict] | None = None

@@ -1,7 +1,9 @@
 """From a random-access source of samples to fixed-shape batches.
 
-Training: source -> (cache) -> shuffle per epoch -> the method's
-``before_augment`` -> augment (random_map, one seeded generator per element)
+Training: source -> (cache) -> shuffle per epoch -> the method's ``mix``
+(mosaics, negative prompts: other training records drawn with the sample's
+generator from a :class:`RecordPool`) -> its ``before_augment`` -> augment
+(random_map, one seeded generator per element)
 -> the method's ``after_augment`` -> method fields -> pad points -> batch ->
 normalise. The result is a grain ``MapDataset`` of batches indexed by step:
 ``ds[step]`` is always the same batch for the same seed, which makes resumed
@@ -35,7 +37,8 @@ from counting_jax.data import transforms
 from counting_jax.data.fields import BatchFields
 
 __all__ = ["pad_points", "add_fields", "normalize", "train_dataset",
-           "iterate", "eval_batches", "IMAGENET_MEAN", "IMAGENET_STD",
+           "iterate", "eval_batches", "RecordPool", "IMAGENET_MEAN",
+           "IMAGENET_STD",
            "NO_FIELDS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,7 +47,9 @@ NO_FIELDS = BatchFields()
 
 
 def pad_points(sample, max_points: int):
-  """Adds ``point_mask`` and pads ``points`` to [max_points, 2] with zeros.
+  """Adds ``point_mask`` and pads ``points`` to [max_points, 2] with zeros;
+  ``count`` is the number of points, or the sample's own ``count`` when
+  its source gives counts without points (FSC-147-S, evaluation only).
 
   Raises:
     ValueError: naming the image when it has more than ``max_points`` points
@@ -60,7 +65,8 @@ def pad_points(sample, max_points: int):
   mask = np.zeros((max_points,), bool)
   mask[:n] = True
   out = {k: v for k, v in sample.items() if k not in ("boxes", "class_name")}
-  out.update(points=padded, point_mask=mask, count=np.float32(n))
+  count = np.float32(sample["count"] if "count" in sample else n)
+  out.update(points=padded, point_mask=mask, count=count)
   return out
 
 
@@ -107,9 +113,43 @@ def _finish(batch, mean, std):
   return batch
 
 
+class RecordPool:
+  """Random access to the training records, for ``mix`` hooks that build a
+  sample from several (``counting_jax.data.fields.BatchFields.mix``).
+
+  Picklable when its source is (grain workers receive a copy); draws
+  depend only on the generator passed in, so a seeded generator gives the
+  same records in every process.
+  """
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def draw(self, rng: np.random.Generator, k: int) -> list:
+    """``k`` distinct records (copies of the sample dicts), drawn uniformly
+    without replacement with ``rng`` (as Python's ``random.sample`` over
+    the image list in the T2ICount code; the sample being built may be
+    among them).
+
+    Raises:
+      ValueError: when the pool holds fewer than ``k`` records.
+    """
+    n = len(self._source)
+    if k > n:
+      raise ValueError(f"mix: {k} other training images needed, the "
+                       f"training set has {n}")
+    return [dict(self._source[int(i)])
+            for i in rng.choice(n, size=k, replace=False)]
+
+
 def _augment(sample, rng, *, crop_size, flip, vflip, scale_range,
              pad_multiple, before=None, after=None, color_jitter=None,
-             scale_prob=1.0):
+             scale_prob=1.0, mix=None, pool=None):
+  if mix is not None:
+    sample = mix(sample, rng, functools.partial(pool.draw, rng))
   if before is not None:
     sample = before(sample)
   if color_jitter is not None:
@@ -169,10 +209,14 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
   indices = list(range(len(source))) if indices is None else list(indices)
   if not indices:
     raise ValueError("train_dataset: no training images (indices is empty)")
+  distinct = list(dict.fromkeys(indices))  # a repeated index draws once
   if cache:
-    ds = grain.MapDataset.source([source[i] for i in indices])
+    held = {i: source[i] for i in distinct}
+    ds = grain.MapDataset.source([held[i] for i in indices])
+    pool = RecordPool([held[i] for i in distinct])
   else:
     ds = grain.MapDataset.source(_Subset(source, indices))
+    pool = RecordPool(_Subset(source, distinct))
   if len(indices) < batch_size:
     ds = ds.repeat(-(-batch_size // len(indices)))
   augment = functools.partial(
@@ -180,7 +224,8 @@ def train_dataset(source, *, batch_size: int, max_points: int, seed: int,
       flip=flip, vflip=vflip, scale_range=scale_range,
       scale_prob=scale_prob,
       pad_multiple=pad_multiple, before=fields.before_augment,
-      after=fields.after_augment, color_jitter=color_jitter)
+      after=fields.after_augment, color_jitter=color_jitter,
+      mix=fields.mix, pool=pool if fields.mix is not None else None)
   ds = (ds.shuffle(seed=seed).repeat(None)
         .random_map(augment, seed=seed + 1)
         .map(functools.partial(_prepare, fields=fields,

@@ -12,6 +12,12 @@ image: flips map x = 0 to x = W and back, crops keep a point when its pixel
 is in the crop, resizing maps x = W to x = W' exactly. Random transforms take
 a ``numpy.random.Generator`` (grain's ``random_map`` passes one seeded per
 element), so runs are reproducible.
+
+Optional per-pixel fields move with the pixels: ``masks`` float32 [H, W, C]
+(method masks; nearest-neighbour when resized) and ``density`` float32
+[H, W] (a pixel density map, objects per pixel, e.g. T2ICount's full-image
+GT map; resized bicubically and scaled by the area ratio so its sum is
+kept, zero-padded).
 """
 
 from __future__ import annotations
@@ -38,12 +44,18 @@ def _pixels(points, h: int, w: int):
   return np.minimum(pix, np.array([w - 1, h - 1]))
 
 
-def _masks(sample, fn):
+def _masks(sample, fn, density_fn=None):
   """``{"masks": fn(masks)}`` when the sample holds method masks (float32
-  [H, W, C], moved exactly like the image), else ``{}``."""
-  if "masks" not in sample:
-    return {}
-  return {"masks": np.ascontiguousarray(fn(sample["masks"]))}
+  [H, W, C], moved exactly like the image), and ``{"density":
+  (density_fn or fn)(density)}`` when it holds a pixel density map (float32
+  [H, W]); ``{}`` for neither."""
+  out = {}
+  if "masks" in sample:
+    out["masks"] = np.ascontiguousarray(fn(sample["masks"]))
+  if "density" in sample:
+    out["density"] = np.ascontiguousarray(
+        (density_fn or fn)(np.asarray(sample["density"], np.float32)))
+  return out
 
 
 def crop(sample, top: int, left: int, height: int, width: int):
@@ -174,7 +186,11 @@ def resize(sample, height: int, width: int):
   per-axis factors (W'/W, H'/H), so point counts never change (computed in
   float64, so x = W maps to x = W' exactly and border points stay inside).
   Method masks are resized per channel with nearest-neighbour sampling
-  (binary masks stay binary).
+  (binary masks stay binary); a pixel ``density`` map bicubically (PIL,
+  float) and multiplied by (H W) / (H' W'), so its sum is kept up to the
+  interpolation (as the T2ICount code's cv2 bicubic resize divided by s²;
+  bicubic overshoot can leave small negative values, not clipped, as
+  there).
   """
   h, w = sample["image"].shape[:2]
   if height <= 0 or width <= 0:
@@ -187,7 +203,8 @@ def resize(sample, height: int, width: int):
   boxes = (sample["boxes"] * np.tile(new, 2) / np.tile(old, 2)).astype(
       np.float32)
   return _with(sample, image=image, points=pts, boxes=boxes,
-               **_masks(sample, lambda m: _resize_masks(m, height, width)))
+               **_masks(sample, lambda m: _resize_masks(m, height, width),
+                        lambda d: _resize_density(d, height, width)))
 
 
 def _resize_masks(masks, height, width):
@@ -195,6 +212,14 @@ def _resize_masks(masks, height, width):
       np.ascontiguousarray(masks[..., c], np.float32)).resize(
           (width, height), Image.NEAREST)) for c in range(masks.shape[-1])],
                   axis=-1)
+
+
+def _resize_density(density, height, width):
+  h, w = density.shape
+  out = np.asarray(Image.fromarray(np.ascontiguousarray(
+      density, np.float32)).resize((width, height), Image.BICUBIC),
+                   np.float32)
+  return out * np.float32(h * w / (height * width))
 
 
 def random_rescale(sample, scale_range, rng: np.random.Generator,
@@ -254,7 +279,7 @@ def pad_to_size(sample, height: int, width: int, *, centre: bool = False):
                        + np.array([left, top, left, top], np.float32))
 
   def pad(m):
-    out = np.zeros((height, width, m.shape[-1]), m.dtype)
+    out = np.zeros((height, width) + m.shape[2:], m.dtype)
     out[top:top + h, left:left + w] = m
     return out
 

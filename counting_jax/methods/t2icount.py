@@ -15,9 +15,19 @@ official recipe: ``optim.groups.vae.frozen = True``), ``unet`` (AdamW lr
 ``optim.groups.unet.lr`` / ``.weight_decay``) and ``decoder`` (lr 5e-5, wd
 5e-5).
 
+Training samples (``counting_jax.data.t2icount.official_mix``, the
+pipeline's ``mix`` hook): the plain image, a negative prompt (another
+training image's class, GT 0, R 0) or a mosaic of four 224² tiles, with
+the official probabilities 0.5 / 0.25 / 0.25, the GT density the
+full-image map moved with the pixels.
+
 Config fields read: ``model.kwargs`` (``size``: "sd15" or "tiny";
 ``decoder_dims``, ``decoder_heads``, ``timestep``), ``compute_dtype``,
-``loss.kwargs`` (``t2icount_loss`` options).
+``loss.kwargs`` (``t2icount_loss`` options), ``method.negative_prob``
+(0.25), ``method.mosaic_prob`` (0.25; both 0: plain images only),
+``method.mosaic_tile`` (224), ``method.target_density`` ("image": the
+official full-image map moved with the pixels; "points": rebuilt from the
+final crop's points).
 """
 
 from __future__ import annotations
@@ -111,10 +121,19 @@ def build(config) -> base.Method:
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
   model = build_model(size, dtype=dtype, **kwargs)
   loss_kwargs = dict(config.loss.get("kwargs", {}))
+  m = config.method
+  mix_kwargs = dict(negative_prob=float(m.get("negative_prob", 0.25)),
+                    mosaic_prob=float(m.get("mosaic_prob", 0.25)),
+                    tile=int(m.get("mosaic_tile", 224)),
+                    density=str(m.get("target_density", "image")))
+  # Checked here, not first in an input worker.
+  t2i_data.official_mix(None, None, None, check_only=True, **mix_kwargs)
   return base.Method(
       name="t2icount", model=model,
       loss=functools.partial(_loss, loss_kwargs=loss_kwargs),
       density=_density, inputs=("image", "tokens"),
       fields=base.BatchFields(tokenize=clip_tokenizer.encode,
-                              after_augment=t2i_data.add_targets),
+                              after_augment=t2i_data.add_targets,
+                              mix=functools.partial(t2i_data.official_mix,
+                                                    **mix_kwargs)),
       param_labels=param_labels)

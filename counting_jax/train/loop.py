@@ -354,7 +354,8 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
       from the newest checkpoint).
     writer: a ``writers.MetricWriter`` for the test scalars.
     text: a text prompt replacing every test image's class name (text-guided
-      methods).
+      methods); default ``config.dataset.prompt`` when set (T2ICount on
+      CARPK: "cars").
     exemplars: {image id or file name: boxes [K, 4]} replacing the data
       set's exemplar boxes (``predict.read_exemplars``).
 
@@ -366,6 +367,8 @@ def evaluate(config, workdir, *, state=None, method=None, writer=None,
   workdir = pathlib.Path(workdir)
   inp = config.input
   source = _load(config, config.dataset.test_split)
+  if text is None and config.dataset.get("prompt"):
+    text = str(config.dataset.prompt)
   if text is not None or exemplars is not None:
     source = _WithUserInputs(source, text, exemplars)
   mine = list(range(jax.process_index(), len(source), jax.process_count()))

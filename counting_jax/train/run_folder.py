@@ -37,6 +37,7 @@ RUNTIME_FIELDS = {
               "xla_cpu_ynn_fusion_type"),
     "eval": ("quiet", "dataset", "input.eval_batch_size", "eval_tiling",
              "num_panels", "panel_sigma", "published", "published_protocol",
+             "published_dataset",
              "xla_cpu_ynn_fusion_type", "init_checkpoint", "total_steps",
              "log_every", "checkpoint_every"),
 }

@@ -59,3 +59,41 @@ def test_eval_batches_group_by_size_and_pad():
   assert batches[-1]["image"].shape == (1, 24, 32, 3)
   total = sum(b["count"].sum() for b in batches)
   assert total == sum(len(s["points"]) for s in src)
+
+
+def _mix_two(sample, rng, draw):
+  """Records which training images the sample drew."""
+  others = draw(2)
+  return dict(sample, image_id=sample["image_id"] + ">" + ",".join(
+      o["image_id"] for o in others))
+
+
+def test_mix_hook_draws_training_records_deterministically():
+  from counting_jax.data.fields import BatchFields
+  src = _source(n=6)
+  kw = dict(batch_size=3, max_points=16, seed=4, crop_size=(16, 16),
+            indices=[0, 2, 3, 5, 5], fields=BatchFields(mix=_mix_two))
+  ds = pipeline.train_dataset(src, cache=True, **kw)
+  uncached = pipeline.train_dataset(src, cache=False, **kw)
+  other_seed = pipeline.train_dataset(src, cache=True, **{**kw, "seed": 5})
+  drawn, ids, differ = [], [], False
+  for step in range(8):
+    batch = ds[step]
+    np.testing.assert_array_equal(batch["image_id"],
+                                  uncached[step]["image_id"])
+    np.testing.assert_array_equal(batch["image"], uncached[step]["image"])
+    differ |= list(batch["image_id"]) != list(other_seed[step]["image_id"])
+    for name in batch["image_id"]:
+      own, others = name.split(">")
+      pair = others.split(",")
+      assert len(set(pair)) == 2  # distinct within one draw
+      ids.append(own)
+      drawn += pair
+  assert differ
+  # Draws come from the training records only (each once in the pool),
+  # every one of them drawn in 48 draws.
+  assert set(drawn) == {"000", "002", "003", "005"}
+  assert set(ids) == {"000", "002", "003", "005"}
+  with pytest.raises(ValueError, match="2 other training images needed"):
+    pipeline.train_dataset(src, batch_size=1, max_points=16, seed=0,
+                           indices=[1], fields=BatchFields(mix=_mix_two))[0]

@@ -265,3 +265,23 @@ def test_random_rescale_probability():
   with pytest.raises(ValueError, match="scale_prob"):
     transforms.random_rescale(sample, (1.5, 2.0), np.random.default_rng(3),
                               prob=1.5)
+
+
+def test_density_map_moves_with_the_pixels():
+  g = np.random.default_rng(0)
+  img = g.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+  s = sample_lib.make_sample(img, [[3.0, 4.0]], "d")
+  s["density"] = g.uniform(0, 1, (20, 30)).astype(np.float32)
+  d = s["density"]
+  np.testing.assert_array_equal(transforms.crop(s, 2, 5, 10, 12)["density"],
+                                d[2:12, 5:17])
+  np.testing.assert_array_equal(transforms.hflip(s)["density"], d[:, ::-1])
+  np.testing.assert_array_equal(transforms.vflip(s)["density"], d[::-1])
+  padded = transforms.pad_to_size(s, 24, 32, centre=True)["density"]
+  np.testing.assert_array_equal(padded[2:22, 1:31], d)
+  assert not padded[:2].any() and not padded[:, :1].any()
+  # Bicubic resize scaled by the area ratio keeps the mass (up to the
+  # interpolation), as the official cv2 resize divided by s².
+  big = transforms.resize(s, 37, 55)["density"]
+  assert big.shape == (37, 55)
+  np.testing.assert_allclose(big.sum(), d.sum(), rtol=0.02)

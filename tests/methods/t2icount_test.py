@@ -14,7 +14,8 @@ from counting_jax import methods
 from counting_jax.configs import fsc147_t2icount
 from counting_jax.data import pipeline
 from counting_jax.text import encode
-from counting_jax.train import optim, state as state_lib, step as step_lib
+from counting_jax.train import optim, run_folder
+from counting_jax.train import state as state_lib, step as step_lib
 
 
 def random_params(abstract, seed: int = 0):
@@ -120,3 +121,75 @@ def test_two_prompts_give_different_maps(setup):
   assert a.shape == (1, 16, 16) and np.isfinite(a).all()
   assert np.abs(a - b).max() > 1e-3 * max(np.abs(a).max(), 1e-6)
   assert not np.allclose(outs[0]["sim_x1"], outs[1]["sim_x1"])
+
+
+def test_eval_protocol_configs():
+  protocols = {
+      "fsc147": ("fsc147", "val", ""),
+      "fsc147_test": ("fsc147", "test", ""),
+      "fsc147_s": ("fsc147_s", "test", ""),
+      "fsc147_s_v1": ("fsc147_s", "v1", ""),
+      "carpk": ("carpk", "test", "cars"),
+  }
+  for arg, want in protocols.items():
+    c = fsc147_t2icount.get_config(f"eval={arg}")
+    assert (c.dataset.name, c.dataset.test_split, c.dataset.prompt) == want
+    assert c.eval_tiling.mode == "t2icount" and c.method.mosaic_prob == 0.25
+    # A run trained with the default config accepts it in ``eval``.
+    assert not run_folder.differences(
+        fsc147_t2icount.get_config(), c,
+        ignore=run_folder.RUNTIME_FIELDS["eval"])
+  assert fsc147_t2icount.get_config("eval=carpk").published[0][1] == (
+      "8.61 / 13.47")
+  with pytest.raises(ValueError, match="eval='pucpr'"):
+    fsc147_t2icount.get_config("eval=pucpr")
+
+
+def test_eval_uses_the_dataset_prompt(monkeypatch):
+  """``dataset.prompt`` (CARPK: "cars") replaces every class name in eval,
+  as ``--text`` does; ``--text`` wins."""
+  from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def record(source, text=None, exemplars=None):
+    seen.append(text)
+    raise Stop
+
+  monkeypatch.setattr(loop, "_load", lambda config, split: [])
+  monkeypatch.setattr(loop, "_WithUserInputs", record)
+  c = fsc147_t2icount.get_config("eval=carpk")
+  for kwargs in ({}, {"text": "red cars"}):
+    with pytest.raises(Stop):
+      loop.evaluate(c, "unused", **kwargs)
+  assert seen == ["cars", "red cars"]
+
+
+def test_evaluate_fsc147_s_from_config(setup, tmp_path, shared_data):
+  """``eval`` on FSC-147-S from its config: the subset's prompts and GT
+  counts, official tiling, a tiny random model."""
+  import json  # pylint: disable=g-import-not-at-top
+  from counting_jax.train import loop  # pylint: disable=g-import-not-at-top
+  _, _, method, params = setup
+  manual = tmp_path / "FSC147"
+  manual.mkdir()
+  (manual / "images_384_VarV2").symlink_to(
+      shared_data("fsc147") / "images_384_VarV2")
+  (manual / "FSC-147-S.json").write_text(json.dumps(
+      {"7.jpg": {"class": "people", "count": 1},
+       "2287.jpg": {"class": "leaves", "count": 3}}))
+  c = fsc147_t2icount.get_config("smoke=True,eval=fsc147_s")
+  c.dataset.test_split = "test"
+  c.dataset.manual_dir, c.dataset.data_dir = str(manual), str(tmp_path / "d")
+  c.eval_tiling.tile_size = c.eval_tiling.max_size = 128
+  c.quiet = True
+  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               batch_stats={}, opt_state=(),
+                               rng=jax.random.key_data(jax.random.key(0)))
+  result = loop.evaluate(c, tmp_path / "run", state=state, method=method)
+  counts = json.loads((tmp_path / "run" / "counts.json").read_text())
+  assert result["n"] == 2 and "loc_f1" not in result
+  assert {k: v["true"] for k, v in counts.items()} == {"7": 1.0, "2287": 3.0}
+  assert all(np.isfinite(v["pred"]) for v in counts.values())
