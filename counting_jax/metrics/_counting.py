@@ -34,7 +34,17 @@ def counting_metrics(pred_counts, true_counts) -> dict[str, float]:
   if pred.shape != true.shape or pred.size == 0:
     raise ValueError(f"pred_counts {pred.shape} and true_counts {true.shape} "
                      "must be non-empty and of the same shape")
-  err = np.abs(true - pred)
+  return error_summary(np.abs(true - pred), true)
+
+
+def error_summary(err, true) -> dict[str, float]:
+  """MAE, RMSE, NAE, SRE, ``n`` and ``n_zero`` of per-image errors ε_i.
+
+  Args:
+    err: float64 [n] errors ε_i >= 0 (count units).
+    true: float64 [n] true counts y_i (NAE and SRE over y_i > 0; NaN when
+      every y_i is 0).
+  """
   pos = true > 0
   out = {"mae": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())),
          "n": int(err.size), "n_zero": int((~pos).sum())}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from counting_jax.metrics._counting import error_summary
+
 __all__ = ["half_counts", "synthetic_counting_metrics"]
 
 
@@ -61,13 +63,4 @@ def synthetic_counting_metrics(pred_in, pred_out, true_counts) -> dict:
   if not (pin.shape == pout.shape == true.shape) or true.size == 0:
     raise ValueError(f"pred_in {pin.shape}, pred_out {pout.shape} and "
                      f"true_counts {true.shape} must be non-empty and equal")
-  err = np.abs(true - pin) + pout
-  pos = true > 0
-  out = {"mae": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-         "n": int(err.size), "n_zero": int((~pos).sum())}
-  if pos.any():
-    out["nae"] = float((err[pos] / true[pos]).mean())
-    out["sre"] = float(np.sqrt((err[pos] ** 2 / true[pos]).mean()))
-  else:
-    out["nae"] = out["sre"] = float("nan")
-  return out
+  return error_summary(np.abs(true - pin) + pout, true)
