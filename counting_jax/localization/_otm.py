@@ -32,13 +32,27 @@ and pixel grid, and runs the softmins itself in the log domain.
 How it runs (the same values, to float32 rounding, whatever ``block``): the
 pixels with mass are packed first and visited in blocks of ``block``
 pixels, the costs computed per block and never stored, and only the blocks
-holding mass are visited. The default block on CPU keeps each block's
-[block, K] temporaries in cache (1,024 pixels for K = 1,000); elsewhere it
-is the whole map. What it buys, 1024x768 image at stride 8 (128x96 map,
-6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib 0.10.2, 2
-cores): 3.9-4.0 s with the dense [n, K] cost matrix, 1.13-1.19 s in packed
-blocks of 1,024 pixels (512: 1.25 s, 2,048: 1.29 s); 256x192 map at stride
-2 with 300 points: 23.4 s -> 3.35 s (``benchmarks/localization.py``).
+holding mass are visited. Each pass takes one exp per pair: both
+log-sum-exps are shifted by the old potentials instead of their maxima,
+E_ij = exp((F_i + G_j - C_ij) / ε), F~_i = F_i - ε log sum_j E_ij,
+G~_j = G_j - ε log sum_i a_i E_ij (no max pass, one exp serving both
+softmins); every sum is checked to lie in [e^-60, e^60], where this equals
+the max-shifted form to float32 rounding, and an OT step where one does
+not is redone with max-shifted passes (never taken on the test and
+benchmark maps). The default block on CPU keeps each block's [block, K]
+temporaries in cache (1,024 pixels for K = 1,000) and the maps of a batch
+run one after the other (vmapped, XLA:CPU ran the one-exp passes 2.4x
+slower: 2.8 s against 1.15 s per map); elsewhere one block holds the whole
+map and the batch is vmapped. What it buys, 1024x768 image at stride 8
+(128x96 map, 6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib
+0.10.2, 2 shared cores, ``benchmarks/localization.py``, median of 5): 3.9
+s with the dense [n, K] cost matrix, 1.20 s in packed blocks of 1,024
+pixels with two exps and two max passes per pair, 0.96 s with one exp
+(side by side in one run: 1.41-1.51 s against 0.93-0.97 s); 256x192 map
+at stride 2 with 300 points: 23.4 s -> 3.46 s -> 3.15 s. OT-M's unconverged
+ε = 0.01 solve amplifies rounding differences on a few points: the block
+size moves 6 of 300 points by more than 0.5 px (one by 11 px) on the
+300-point map above, and 1 of 1,000 by 0.9 px.
 
 Differences from the official code, all documented at the argument:
 * the output is (x, y), not (row, col);
