@@ -15,10 +15,11 @@
    whole map as one block, every pixel visited: the default off CPU; one
    call) and the largest point difference between the two (the random
    start is the same; OT-M's unconverged ε = 0.01 solve amplifies float32
-   rounding, so a few tenths of a pixel up to a few pixels on one point
-   after several iterations are expected).
+   rounding, so a few tenths of a pixel up to ~11 px on a few points
+   after several iterations are expected: one step from the same points
+   agrees to 0.002 px).
 
-  flock /tmp/heavy.lock python benchmarks/localization.py \
+  flock /tmp/heavy.lock env PYTHONPATH=. python benchmarks/localization.py \
       --shared ../shared [--skip-reference]
 """
 

@@ -32,13 +32,28 @@ and pixel grid, and runs the softmins itself in the log domain.
 How it runs (the same values, to float32 rounding, whatever ``block``): the
 pixels with mass are packed first and visited in blocks of ``block``
 pixels, the costs computed per block and never stored, and only the blocks
-holding mass are visited. The default block on CPU keeps each block's
-[block, K] temporaries in cache (1,024 pixels for K = 1,000); elsewhere it
-is the whole map. What it buys, 1024x768 image at stride 8 (128x96 map,
-6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib 0.10.2, 2
-cores): 3.9-4.0 s with the dense [n, K] cost matrix, 1.13-1.19 s in packed
-blocks of 1,024 pixels (512: 1.25 s, 2,048: 1.29 s); 256x192 map at stride
-2 with 300 points: 23.4 s -> 3.35 s (``benchmarks/localization.py``).
+holding mass are visited. Each pass takes one exp per pair: both
+log-sum-exps are shifted by the old potentials instead of their maxima,
+E_ij = exp((F_i + G_j - C_ij) / ε), F~_i = F_i - ε log sum_j E_ij,
+G~_j = G_j - ε log sum_i a_i E_ij (no max pass, one exp serving both
+softmins); every sum is checked to lie in [e^-60, e^60], where this equals
+the max-shifted form to float32 rounding, and an OT step where one does
+not is redone with max-shifted passes (never taken on the test and
+benchmark maps). The default block on CPU keeps each block's [block, K]
+temporaries in cache (1,024 pixels for K = 1,000) and the maps of a batch
+run one after the other (vmapped, XLA:CPU ran the one-exp passes 2.4x
+slower: 2.8 s against 1.15 s per map); elsewhere one block holds the whole
+map and the batch is vmapped. What it buys, 1024x768 image at stride 8
+(128x96 map, 6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib
+0.10.2, 2 shared cores, ``benchmarks/localization.py``, median of 5): 3.9
+s with the dense [n, K] cost matrix, 1.20 s in packed blocks of 1,024
+pixels with two exps and two max passes per pair, 0.96 s with one exp
+(side by side in one run, medians on the shared machine: 1.41-1.64 s
+against 0.93-1.14 s, a 0.66-0.69 ratio); 256x192 map
+at stride 2 with 300 points: 23.4 s -> 3.46 s -> 3.15 s. OT-M's unconverged
+ε = 0.01 solve amplifies rounding differences on a few points: the block
+size moves 6 of 300 points by more than 0.5 px (one by 11 px) on the
+300-point map above, and 1 of 1,000 by 0.9 px.
 
 Differences from the official code, all documented at the argument:
 * the output is (x, y), not (row, col);
@@ -115,6 +130,55 @@ def _softmins_blocked(xs, log_a, f, pts, log_b, g, eps, n_blocks,
   return f_new, -eps * (jnp.log(col_sum) + shift)
 
 
+# Range of the scaled sums R_i, S_j accepted by the one-exp pass (below).
+# R_i <= e^60 keeps every term and every sum finite; R_i >= e^-60 (S_j
+# likewise) keeps the largest term a normal float, so the terms flushed to 0
+# (< e^-87 each, at most K or sum(a) <= K of them) weigh < e^-20 of the sum.
+_LOG_RANGE = 60.0
+
+
+def _softmins_scaled(xs, a, f, pts, g, eps, n_blocks, cost_scale, point_ok):
+  """Both softmins as :func:`_softmins_blocked`, with one exp per pair.
+
+  The shift of each log-sum-exp is the old potential instead of the max:
+  with E_ij = exp((f_i + g_j - C_ij) / eps) (0 for pairs without mass),
+  f~_i = f_i - eps log R_i, R_i = sum_j b_j E_ij (b_j = 1), and
+  g~_j = g_j - eps log S_j, S_j = sum_i a_i E_ij: one exp per pair serves
+  both sums (the plan kernel of the scaling form of Sinkhorn), and no max
+  pass is needed. Equal to the max-shifted form to float32 rounding while
+  every R_i and S_j lies in [e^-60, e^60] (see ``_LOG_RANGE``); returns
+  (f~, g~, ok), ok False when some sum of a pixel or point with mass left
+  that range (the caller then redoes the pass with
+  :func:`_softmins_blocked`).
+
+  a float32 [nb, block] pixel masses (0: none), other shapes as
+  :func:`_softmins_blocked`; point_ok bool [k].
+  """
+  inv = 1.0 / eps
+  lo, hi = jnp.exp(-_LOG_RANGE), jnp.exp(_LOG_RANGE)
+  g_eff = jnp.where(point_ok, g, -jnp.inf)
+
+  def body(i, carry):
+    f_new, col, ok = carry
+    x = jax.lax.dynamic_index_in_dim(xs, i, keepdims=False)
+    ab = jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
+    fb = jax.lax.dynamic_index_in_dim(f, i, keepdims=False)
+    has = ab > 0
+    f_eff = jnp.where(has, fb, -jnp.inf)
+    e = jnp.exp((f_eff[:, None] + g_eff[None, :] - _cost(x, pts, cost_scale))
+                * inv)
+    r = e.sum(axis=1)
+    ok = ok & jnp.all(~has | ((r >= lo) & (r <= hi)))
+    rows = jnp.where(has, fb - eps * jnp.log(r), fb)
+    f_new = jax.lax.dynamic_update_index_in_dim(f_new, rows, i, 0)
+    return f_new, col + ab @ e, ok
+
+  init = (f, jnp.zeros(g.shape, jnp.float32), jnp.asarray(True))
+  f_new, col, ok = jax.lax.fori_loop(0, n_blocks, body, init)
+  ok = ok & jnp.all(~point_ok | ((col >= lo) & (col <= hi)))
+  return f_new, jnp.where(point_ok, g - eps * jnp.log(col), g), ok
+
+
 def _solve_blocked(xs, log_a, n_blocks, pts, *, log_b, cost_scale, blur,
                    scaling, min_diameter, max_steps):
   """One OT step: potentials by ε-scaling, then the barycentres [k, 2].
@@ -138,20 +202,38 @@ def _solve_blocked(xs, log_a, n_blocks, pts, *, log_b, cost_scale, blur,
   eps_list, length = ot.epsilon_schedule(diam, blur=blur, scaling=scaling,
                                          max_steps=max_steps)
 
-  def softmins(f, g, eps):
-    return _softmins_blocked(xs, log_a, f, pts, log_b, g, eps, n_blocks,
-                             cost_scale)
+  def potentials(fast):
+    """(F, G, ok) of the ε-scaling; ``fast``: the one-exp passes, ok False
+    when one of them left its range; else the max-shifted passes."""
+    def softmins(f, g, eps):
+      if fast:
+        return _softmins_scaled(xs, a, f, pts, g, eps, n_blocks, cost_scale,
+                                point_ok)
+      return (*_softmins_blocked(xs, log_a, f, pts, log_b, g, eps, n_blocks,
+                                 cost_scale), True)
 
-  f, g = softmins(jnp.zeros(log_a.shape, jnp.float32),
-                  jnp.zeros(log_b.shape, jnp.float32), eps_list[0])
+    f, g, ok = softmins(jnp.zeros(log_a.shape, jnp.float32),
+                        jnp.zeros(log_b.shape, jnp.float32), eps_list[0])
 
-  def body(state):
-    i, f, g = state
-    ft, gt = softmins(f, g, eps_list[i])
-    return i + 1, 0.5 * (f + ft), 0.5 * (g + gt)
+    def body(state):
+      i, f, g, ok = state
+      ft, gt, ok_t = softmins(f, g, eps_list[i])
+      return i + 1, 0.5 * (f + ft), 0.5 * (g + gt), ok & ok_t
 
-  _, f, g = jax.lax.while_loop(lambda s: s[0] < length, body, (0, f, g))
-  f, g = softmins(f, g, blur)
+    _, f, g, ok = jax.lax.while_loop(lambda s: s[0] < length, body,
+                                     (0, f, g, ok))
+    ft, gt, ok_t = softmins(f, g, blur)
+    return ft, gt, ok & ok_t
+
+  a = jnp.exp(log_a)
+  f, g, ok = potentials(fast=True)
+  # Rarely taken (never on the maps of the tests and the benchmark): the
+  # max-shifted passes when a one-exp pass left its range. A while loop,
+  # not a cond, so that under vmap it runs only when a map of the batch
+  # needs it.
+  f, g, _ = jax.lax.while_loop(lambda s: ~s[2],
+                               lambda s: potentials(fast=False)[:2] + (True,),
+                               (f, g, ok))
 
   def bary_body(i, carry):
     mass, sx, sy = carry
@@ -310,10 +392,10 @@ def ot_m(density, *, stride: float, max_points: int = 1024, key=None,
   keys = jax.random.split(key, batch)
   offset = stride / 2 if center_offset is None else center_offset
   n = density.shape[1] * density.shape[2]
+  cpu = jax.default_backend() == "cpu"
   if block is None:
     # CPU only: blocks whose [block, K] temporaries stay in cache (see the
     # module docstring for what it buys); one block elsewhere.
-    cpu = jax.default_backend() == "cpu"
     block = ot.pixel_block(n, max_points) if cpu else n
   if block < 1:
     raise ValueError(f"block must be >= 1, got {block}")
@@ -322,5 +404,13 @@ def ot_m(density, *, stride: float, max_points: int = 1024, key=None,
       max_iter=max_iter, blur=blur, scaling=scaling, cost_scale=cost_scale,
       min_diameter=min_diameter, max_steps=max_steps, has_init=has_init,
       block=min(block, n))
-  return Localization(*jax.vmap(single)(density, keys, init_points))
+  args = (density, keys, init_points)
+  if cpu:
+    # CPU only: one map after the other. Under vmap XLA:CPU runs the
+    # one-exp passes 2.4x slower (2.8 s against 1.15 s per map, see the
+    # module docstring); elsewhere the batch is vmapped.
+    out = jax.lax.map(lambda t: single(*t), args)
+  else:
+    out = jax.vmap(single)(*args)
+  return Localization(*out)
 

@@ -132,3 +132,45 @@ def test_block_sizes_agree(otm_ref, case):
 def test_bad_block():
   with pytest.raises(ValueError, match="block"):
     ot_m(np.ones((1, 4, 4), np.float32), stride=4, max_points=4, block=0)
+
+
+def test_max_shifted_fallback_agrees(otm_ref, monkeypatch):
+  """An empty accepted range forces every OT step onto the max-shifted
+  passes (the fallback of the one-exp passes): both give the official
+  points and agree with each other."""
+  from counting_jax.localization import _otm
+  case = "a1_noisy_s8"
+  init = otm_ref[f"{case}/init_points"][:, ::-1]
+  fast = np.asarray(_run(otm_ref, case, init).points[0])
+  monkeypatch.setattr(_otm, "_LOG_RANGE", -1.0)
+  jax.clear_caches()
+  try:
+    exact = np.asarray(_run(otm_ref, case, init).points[0])
+  finally:
+    jax.clear_caches()
+  ref = otm_ref[f"{case}/points"][:, ::-1]
+  np.testing.assert_allclose(exact, ref, atol=0.1)
+  np.testing.assert_allclose(fast, exact, atol=0.05)
+  assert not np.array_equal(fast, exact)  # the fallback did run
+
+
+def test_off_cpu_path_agrees(otm_ref, monkeypatch):
+  """The default off CPU (vmap over the batch, one block) gives the points
+  of the CPU default (one map after the other, packed blocks)."""
+  cases = ["b20_blur_s8", "a1_blur_s8"]
+  k = max(int(otm_ref[f"{c}/num"]) for c in cases)
+  maps = np.stack([otm_ref[f"{c}/density"] for c in cases])
+  init = np.zeros((2, k, 2), np.float32)
+  for b, c in enumerate(cases):
+    pts = otm_ref[f"{c}/init_points"][:, ::-1]
+    init[b, :len(pts)] = pts
+  cpu = ot_m(maps, stride=8, max_points=k, init_points=init, block=256)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  jax.clear_caches()
+  try:
+    other = ot_m(maps, stride=8, max_points=k, init_points=init)
+  finally:
+    jax.clear_caches()
+  np.testing.assert_array_equal(np.asarray(cpu.mask), np.asarray(other.mask))
+  np.testing.assert_allclose(np.asarray(cpu.points), np.asarray(other.points),
+                             atol=0.05)
