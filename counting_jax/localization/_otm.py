@@ -29,7 +29,8 @@ express (it changes ε between ordinary Sinkhorn iterations); this module
 reuses the library's GeomLoss ε list (:func:`counting_jax.ot.epsilon_schedule`)
 and pixel grid, and runs the softmins itself in the log domain.
 
-How it runs (the same values, to float32 rounding, whatever ``block``): the
+How it runs (each OT step the same to float32 rounding whatever ``block``;
+see the end of this paragraph for whole runs): the
 pixels with mass are packed first and visited in blocks of ``block``
 pixels, the costs computed per block and never stored, and only the blocks
 holding mass are visited. Each pass takes one exp per pair: both
