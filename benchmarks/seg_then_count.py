@@ -13,10 +13,13 @@ Two side-by-side timings in one run:
    same float32 embeddings. Both return every K's mask for the image. The
    masks may differ for a K where the two libraries' random restarts end in
    different local minima (their random streams differ); the tests check
-   that both reach the same partition from the same start. The embeddings are a 1024-d Gaussian mixture of 5
-   classes, one point per similarity cell of a 384 x 576 image (24 x 36 =
-   864 + 1 points), like ResNet-50 ``layer3`` embeddings of FSC-147 patches
-   (a real image through a full ResNet-50 takes minutes on 2 cores).
+   that both reach the same partition from the same start. The embeddings
+   are a 1024-d Gaussian mixture of 5 classes, one point per similarity
+   cell of a 384 x 576 image (24 x 36 = 864 + 1 points), like ResNet-50
+   ``layer3`` embeddings of FSC-147 patches (a real image through a full
+   ResNet-50 takes minutes on 2 cores). JAX runs the restarts with
+   ``lax.map`` on two host threads (see ``kmeans_multi``); ``--restarts
+   vmap`` and ``--bucket`` time the alternatives.
 2. The base counter's train step (forward, backward, AdamW, stem / layer1 /
    BatchNorm frozen) in JAX (``SegThenCount`` + ``seg_then_count`` method
    loss + the trainer's optimiser, trainer's XLA options) and in a PyTorch
@@ -117,10 +120,11 @@ def bench_masks(iters: int, restarts: str = "auto", bucket: int = 128):
       "scikit-learn": lambda: sklearn_masks(points, ex, grid)}, iters,
                     pause=0.2)
   padded = -(-(len(points) + 1) // bucket) * bucket
+  mode = masks_lib._restart_mode(restarts)  # pylint: disable=protected-access
+  threads = masks_lib._default_threads()  # pylint: disable=protected-access
   print(f"pseudo masks per image, K = 2..6, {len(points) + 1} points x "
-        f"{points.shape[1]}-d (JAX: padded to {padded}, restarts "
-        f"{masks_lib._restart_mode(restarts)}, "  # pylint: disable=protected-access
-        f"{masks_lib._default_threads()} host threads), n_init 10:")  # pylint: disable=protected-access
+        f"{points.shape[1]}-d (JAX: padded to {padded}, restarts {mode}, "
+        f"{threads} host threads), n_init 10:")
   for k, v in t.items():
     print(f"  {k:<16} {1000 * v:9.1f} ms")
   print(f"  speed-up JAX / scikit-learn: "
