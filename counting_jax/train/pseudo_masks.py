@@ -19,6 +19,7 @@ written once as a TFDS data set that the ``segmenter`` stage reads
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import flax
@@ -123,7 +124,8 @@ def generate(config, workdir, *, imagenet=None, masks_dir=None, split=None,
   bar = None
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
-    bar = lambda it: tqdm.tqdm(it, total=len(source), desc="pseudo masks")  # pylint: disable=g-long-lambda
+    bar = functools.partial(tqdm.tqdm, total=len(source),
+                            desc="pseudo masks")
   name = _base_split(split)
   try:
     rows = stc_method.generate_pseudo_masks(
