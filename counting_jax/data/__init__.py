@@ -36,6 +36,7 @@ from counting_jax.data import vgg_cells
 from counting_jax.data.builders.vgg_cells import VggCells
 from counting_jax.data.builders.carpk import Carpk
 from counting_jax.data.builders.dot_folder import DotFolder
+from counting_jax.data.builders.exemplar_folder import ExemplarFolder
 from counting_jax.data.builders.fsc147 import Fsc147
 from counting_jax.data.builders.fsc147_synthetic import Fsc147Synthetic
 from counting_jax.data.builders.jhu_crowd import JhuCrowd
@@ -55,6 +56,7 @@ DATASETS = {
     "fsc147_synthetic": (Fsc147Synthetic, None),
     "carpk": (Carpk, None),
     "dot_folder": (DotFolder, None),
+    "exemplar_folder": (ExemplarFolder, None),
 }
 
 __all__ = ["DATASETS", "builder", "load", "default_data_dir",
