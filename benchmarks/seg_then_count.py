@@ -5,13 +5,21 @@ Two side-by-side timings in one run:
 1. Pseudo-mask clustering of one image (§3.2): K-means for K = 2..6 on the
    patch embeddings plus the mean exemplar embedding, and the mask of the
    exemplar's cluster. JAX: ``seg_then_count_masks.cluster_masks`` (ott-jax
-   ``k_means`` jit-compiled per K, compilation excluded and reported);
-   scikit-learn: ``KMeans(algorithm="lloyd")`` with the same restarts
-   (``n_init`` 10), tolerance 1e-4 and iteration cap (300), on the same
-   float32 embeddings. The embeddings are a 1024-d Gaussian mixture of 5
-   classes, one point per similarity cell of a 384 x 576 image (24 x 36 =
-   864 + 1 points), like ResNet-50 ``layer3`` embeddings of FSC-147 patches
-   (a real image through a full ResNet-50 takes minutes on 2 cores).
+   ``k_means``, every K in one compiled call, restarts by ``lax.map`` on
+   CPU; compilation excluded and reported); scikit-learn:
+   ``KMeans(algorithm="lloyd")`` with the same restarts (``n_init`` 10,
+   k-means++ with 2 + floor(log K) local trials), the same tolerance rule
+   (1e-4 times the mean feature variance) and iteration cap (300), on the
+   same float32 embeddings. Both return every K's mask for the image. The
+   masks may differ for a K where the two libraries' random restarts end in
+   different local minima (their random streams differ); the tests check
+   that both reach the same partition from the same start. The embeddings
+   are a 1024-d Gaussian mixture of 5 classes, one point per similarity
+   cell of a 384 x 576 image (24 x 36 = 864 + 1 points), like ResNet-50
+   ``layer3`` embeddings of FSC-147 patches (a real image through a full
+   ResNet-50 takes minutes on 2 cores). JAX runs the restarts with
+   ``lax.map`` on two host threads (see ``kmeans_multi``); ``--restarts
+   vmap`` and ``--bucket`` time the alternatives.
 2. The base counter's train step (forward, backward, AdamW, stem / layer1 /
    BatchNorm frozen) in JAX (``SegThenCount`` + ``seg_then_count`` method
    loss + the trainer's optimiser, trainer's XLA options) and in a PyTorch
@@ -24,9 +32,13 @@ Two side-by-side timings in one run:
 
   .venv/bin/python benchmarks/seg_then_count.py            # batch 2, 256 px
   .venv/bin/python benchmarks/seg_then_count.py --quick    # 1 timed round
+  .venv/bin/python benchmarks/seg_then_count.py --only masks --iters 9
 
 Timings are medians of ``--iters`` rounds after a warm-up round, the two
-frameworks alternating.
+frameworks alternating (pseudo masks: 0.2 s apart, so that neither runs
+while the other's idle threads still spin). Both use the machine's cores:
+scikit-learn through OpenMP, JAX through one host thread per core, each
+with a share of the restarts (``kmeans_multi``'s ``threads``).
 """
 
 from __future__ import annotations
@@ -51,10 +63,14 @@ from counting_jax.train import compile_options
 from counting_jax.train import optim
 
 
-def _median_pair(fns: dict, iters: int) -> dict:
+def _median_pair(fns: dict, iters: int, pause: float = 0.0) -> dict:
+  """Median seconds per call, the functions alternating; ``pause`` seconds
+  of sleep before each call let the other library's idle worker threads
+  (OpenMP, XLA) stop spinning first."""
   times = {k: [] for k in fns}
   for it in range(iters + 1):
     for k, fn in fns.items():
+      time.sleep(pause)
       start = time.perf_counter()
       fn()
       if it:
@@ -88,20 +104,27 @@ def sklearn_masks(points, ex, grid):
   return np.stack(out)
 
 
-def bench_masks(iters: int):
+def bench_masks(iters: int, restarts: str = "auto", bucket: int = 128):
   grid = (24, 36)
   points, ex = embeddings(grid=grid)
+  kw = dict(restarts=restarts, bucket=bucket)
   start = time.perf_counter()
-  ours = masks_lib.cluster_masks(points, ex, grid)
+  ours = masks_lib.cluster_masks(points, ex, grid, **kw)
   print(f"pseudo masks: JAX compile + first run (5 K values): "
         f"{time.perf_counter() - start:.1f} s")
   ref = sklearn_masks(points, ex, grid)
   agree = [bool((a == b).all()) for a, b in zip(ours, ref)]
   t = _median_pair({
-      "JAX (ott-jax)": lambda: masks_lib.cluster_masks(points, ex, grid),
-      "scikit-learn": lambda: sklearn_masks(points, ex, grid)}, iters)
+      "JAX (ott-jax)": lambda: masks_lib.cluster_masks(points, ex, grid,
+                                                       **kw),
+      "scikit-learn": lambda: sklearn_masks(points, ex, grid)}, iters,
+                    pause=0.2)
+  padded = -(-(len(points) + 1) // bucket) * bucket
+  mode = masks_lib._restart_mode(restarts)  # pylint: disable=protected-access
+  threads = masks_lib._default_threads()  # pylint: disable=protected-access
   print(f"pseudo masks per image, K = 2..6, {len(points) + 1} points x "
-        f"{points.shape[1]}-d, n_init 10:")
+        f"{points.shape[1]}-d (JAX: padded to {padded}, restarts {mode}, "
+        f"{threads} host threads), n_init 10:")
   for k, v in t.items():
     print(f"  {k:<16} {1000 * v:9.1f} ms")
   print(f"  speed-up JAX / scikit-learn: "
@@ -268,15 +291,27 @@ def main(argv=None) -> None:
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--skip-train-step", action="store_true")
+  parser.add_argument("--only", choices=("masks", "train_step"),
+                      help="run one of the two comparisons")
+  parser.add_argument("--skip-train-step", action="store_true",
+                      help="the same as --only masks")
+  parser.add_argument("--restarts", default="auto",
+                      choices=masks_lib.RESTARTS,
+                      help="K-means restarts: lax.map, vmap, or auto (map "
+                      "on CPU)")
+  parser.add_argument("--bucket", type=int, default=128,
+                      help="pad the point set to a multiple of this")
   args = parser.parse_args(argv)
+  if args.skip_train_step:
+    args.only = "masks"
   iters = 1 if args.quick else args.iters
   import sklearn  # pylint: disable=g-import-not-at-top
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__} (2 threads), scikit-learn {sklearn.__version__}"
         f"; median of {iters}")
-  bench_masks(iters)
-  if not args.skip_train_step:
+  if args.only in (None, "masks"):
+    bench_masks(iters, args.restarts, args.bucket)
+  if args.only in (None, "train_step"):
     bench_train_step(args.batch, args.size, iters)
 
 

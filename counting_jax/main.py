@@ -1,5 +1,5 @@
 """The ``counting-jax`` command: train, eval, predict, localize, config,
-convert, localization-metrics.
+convert, localization-metrics, pseudo-masks.
 
   counting-jax train   --config cells --workdir runs/cells
   counting-jax eval    --workdir runs/cells
@@ -9,6 +9,8 @@ convert, localization-metrics.
   counting-jax config  cells
   counting-jax convert --checkpoint W.pth --model NAME --out DIR
   counting-jax localization-metrics --gt GT.txt --pred PRED.txt
+  counting-jax pseudo-masks --workdir runs/stc_counter \
+                            --imagenet DIR --masks_dir DIR
 
 ``--config`` takes a built-in config name (cells, crowd_shb) or a config
 file path; config fields are overridden on the command line
@@ -37,7 +39,7 @@ __all__ = ["run", "main", "UserError"]
 # help and input errors come before the imports of JAX, Flax and tfds.
 
 _COMMANDS = ("train", "eval", "predict", "localize", "config", "convert",
-             "localization-metrics")
+             "localization-metrics", "pseudo-masks")
 _SUMMARY = {
     "train": "train in a run folder (or resume it), then evaluate",
     "eval": "evaluate a run folder's newest checkpoint on the test split",
@@ -47,6 +49,8 @@ _SUMMARY = {
     "convert": "convert a PyTorch checkpoint to an orbax one",
     "localization-metrics": "the NWPU-Crowd localization metric of a "
                             "prediction file",
+    "pseudo-masks": "Seg-then-Count: write the pseudo masks of a split with "
+                    "a counter run folder",
 }
 # (name, kind, help); kind: "str", "int", "multi" (repeatable str), "bool".
 _FLAGS = {
@@ -69,6 +73,15 @@ _FLAGS = {
     "process_id": ("int", "multi-process: this process's index (or "
                    "$JAX_PROCESS_ID)"),
     "method": ("str", "localize: local_maxima (default) or ot_m"),
+    "imagenet": ("str", "pseudo-masks: the ImageNet ResNet-50 that embeds "
+                 "the patches, an orbax folder of counting-jax convert "
+                 "--model resnet50 --set num_layers=3 (default: "
+                 "config.init_checkpoint)"),
+    "masks_dir": ("str", "pseudo-masks: TFDS data folder the masks are "
+                  "written to (default: config.pseudo_masks.data_dir)"),
+    "split": ("str", "pseudo-masks: the data split, tfds slicing allowed "
+              "(default: config.pseudo_masks.split); written under its "
+              "base name"),
     "debug": ("bool", "show the Python traceback of an error"),
 }
 _MULTI = ("coordinator", "num_processes", "process_id")
@@ -79,6 +92,8 @@ _COMMAND_FLAGS = {
                 "debug"),
     "localize": ("config", "workdir", "images", "out", "method", "text",
                  "exemplars", "debug"),
+    "pseudo-masks": ("config", "workdir", "imagenet", "masks_dir", "split",
+                     "debug"),
 }
 
 
@@ -276,7 +291,7 @@ def _check_inputs(command, config, workdir, fv):
   manual = config.dataset.get("manual_dir", "") or ""
   if manual and not pathlib.Path(manual).is_dir():
     raise UserError(f"config.dataset.manual_dir: folder not found: {manual}")
-  if command in ("eval", "predict", "localize"):
+  if command in ("eval", "predict", "localize", "pseudo-masks"):
     if not run_folder.has_checkpoint(workdir) and not init:
       what = (f"run folder not found: {workdir}" if not workdir.exists()
               else f"no checkpoint in {workdir / 'checkpoints'}")
@@ -359,7 +374,7 @@ def _run_folder_command(command, argv) -> int:
   # parsing" notice; this command's flags live in their own FlagValues.
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   from counting_jax.train import run_folder, sharding
-  if command not in ("predict", "localize"):
+  if command not in ("predict", "localize", "pseudo-masks"):
     sharding.initialize_distributed(fv["coordinator"].value,
                                     fv["num_processes"].value,
                                     fv["process_id"].value)
@@ -390,6 +405,16 @@ def _run_folder_command(command, argv) -> int:
     _check_data(config, (config.dataset.test_split,))
     from counting_jax.train import loop
     loop.evaluate(config, workdir, **_user_inputs(fv))
+  elif command == "pseudo-masks":
+    from counting_jax.train import pseudo_masks
+    rows, where, split = pseudo_masks.generate(
+        config, workdir, imagenet=fv["imagenet"].value,
+        masks_dir=fv["masks_dir"].value, split=fv["split"].value,
+        progress=not config.get("quiet", False))
+    print(f"wrote the pseudo masks of {len(rows)} image"
+          f"{'s' * (len(rows) != 1)} (split {split}) to {where}; train the "
+          f"segmenter with --config.pseudo_masks.data_dir={where} "
+          f"--config.pseudo_masks.split={split}")
   elif command == "localize":
     from counting_jax.train import loop
     out = pathlib.Path(fv["out"].value)

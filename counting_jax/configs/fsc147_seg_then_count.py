@@ -1,12 +1,15 @@
 """Seg-then-Count on FSC-147: the paper's three stages (§4.1).
 
+  # 0. torchvision's ImageNet ResNet-50, to layer3
+  counting-jax convert --checkpoint resnet50-0676ba61.pth --model resnet50 \
+      --set num_layers=3 --out resnet50_imagenet
   # 1. base counter (300 epochs)
   counting-jax train --config fsc147_seg_then_count:stage=counter \
       --workdir runs/stc_counter --config.dataset.manual_dir=/data/FSC147 \
-      --config.init_checkpoint=resnet50_imagenet  # converted torchvision
-  # 2. pseudo masks with the frozen counter (methods.seg_then_count
-  #    .generate_pseudo_masks; K = 2..6, K* by eq. 5) into
-  #    config.pseudo_masks.data_dir
+      --config.init_checkpoint=resnet50_imagenet
+  # 2. pseudo masks with the frozen counter (K = 2..6, K* by eq. 5; the
+  #    patches embedded by config.init_checkpoint, or --imagenet DIR)
+  counting-jax pseudo-masks --workdir runs/stc_counter --masks_dir runs/masks
   # 3. segmenter (20 epochs), counter frozen, then masked inference
   counting-jax train --config fsc147_seg_then_count:stage=segmenter \
       --workdir runs/stc_seg --config.pseudo_masks.data_dir=runs/masks ...

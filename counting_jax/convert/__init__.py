@@ -15,7 +15,11 @@ The Stable Diffusion 1.5 feature extractor (``sd15_vae_encoder``,
 single file, e.g. T2ICount's checkpoint) and the whole T2ICount model
 (``t2icount``: SD-1.5 parts + HSCM decoder) have their own converters
 (:data:`FUNCTION_CONVERTERS`: ``stable_diffusion.CONVERTERS`` and
-``t2icount.CONVERTERS``), reached through the same functions.
+``t2icount.CONVERTERS``), reached through the same functions. So does
+Seg-then-Count's base counter from a BMNet+-style checkpoint
+(``seg_then_count``, ``seg_then_count_tiny``:
+``seg_then_count_keys.CONVERTERS``), the one function converter that takes
+model attributes (``--set``; :data:`ATTRIBUTE_CONVERTERS`).
 
 To start a counter from ImageNet weights, convert them for the backbone name
 (e.g. ``'vgg19'``) and replace the counter's ``params['backbone']`` (and
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 from counting_jax.convert import hrnet_keys
 from counting_jax.convert import mprompt_keys
 from counting_jax.convert import resnet_keys
+from counting_jax.convert import seg_then_count_keys
 from counting_jax.convert import stable_diffusion
 from counting_jax.convert import t2icount
 from counting_jax.convert import vgg_keys
@@ -39,7 +44,7 @@ from counting_jax.convert.torch import apply_rules
 from counting_jax.convert.torch import load_state_dict
 
 __all__ = ["KEY_MAPS", "KEY_NORMALIZERS", "MODEL_NAMES",
-           "FUNCTION_CONVERTERS", "build_model",
+           "FUNCTION_CONVERTERS", "ATTRIBUTE_CONVERTERS", "build_model",
            "abstract_variables",
            "convert_state_dict", "convert_checkpoint", "save_variables",
            "load_variables"]
@@ -82,7 +87,11 @@ KEY_NORMALIZERS = {
 
 # Model name -> fn(state_dict, name=...) -> variables, for models converted
 # part by part rather than by one key map.
-FUNCTION_CONVERTERS = {**stable_diffusion.CONVERTERS, **t2icount.CONVERTERS}
+FUNCTION_CONVERTERS = {**stable_diffusion.CONVERTERS, **t2icount.CONVERTERS,
+                       **seg_then_count_keys.CONVERTERS}
+
+# Function converters that take model attributes as keyword arguments.
+ATTRIBUTE_CONVERTERS = frozenset(seg_then_count_keys.CONVERTERS)
 
 # Every name ``convert_checkpoint`` accepts.
 MODEL_NAMES = tuple(sorted({*KEY_MAPS, *FUNCTION_CONVERTERS}))
@@ -122,10 +131,15 @@ def convert_state_dict(state_dict, model_name: str, *,
   Returns and raises as :func:`convert_checkpoint`.
   """
   if model_name in FUNCTION_CONVERTERS:
-    if model_kwargs:
+    if model_kwargs and model_name not in ATTRIBUTE_CONVERTERS:
       raise ValueError(f"{model_name} takes no model attributes, got "
                        f"{sorted(model_kwargs)}")
-    return FUNCTION_CONVERTERS[model_name](state_dict, name=name)
+    try:
+      return FUNCTION_CONVERTERS[model_name](state_dict, name=name,
+                                             **model_kwargs)
+    except TypeError as e:  # an attribute the model does not have
+      raise ValueError(f"{model_name}: bad model attributes "
+                       f"{sorted(model_kwargs)}: {e}") from e
   model = build_model(model_name, **model_kwargs)
   rules, ignore = KEY_MAPS[model_name](model)
   if model_name in KEY_NORMALIZERS:

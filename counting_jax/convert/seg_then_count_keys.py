@@ -19,9 +19,24 @@ exemplar scale embedding) and ``refiner.*`` / ``matcher.*`` parameters
 (BMNet+'s self-similarity refiner and learned metric). Pass
 ``ignore_extra=True`` to :func:`convert_base_counter` to drop them (the
 converted counter then differs from the checkpoint's).
+
+Command line (:data:`CONVERTERS`, registered in ``counting_jax.convert``)::
+
+  counting-jax convert --checkpoint model_best.pth --model seg_then_count \
+      --out runs/stc_base_counter [--set ignore_extra=True]
+
+``seg_then_count`` is the paper's size (ResNet-50, 256-d projection, head
+widths 196 / 128 / 64 / 32); ``seg_then_count_tiny`` the smoke config's
+(tests). ``--set`` changes any :class:`SegThenCount` attribute that
+shapes parameters (``stage_sizes``, ``width``, ``proj_dim``,
+``head_widths``). The result is a whole counter: pass it as
+``config.init_checkpoint`` of the ``counter`` stage (to evaluate or
+fine-tune it) or to ``counting-jax pseudo-masks``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +45,18 @@ from counting_jax.convert import resnet_keys
 from counting_jax.convert import torch as tc
 
 __all__ = ["base_counter_rules", "convert_base_counter",
-           "EXTRA_PREFIXES"]
+           "EXTRA_PREFIXES", "SIZES", "CONVERTERS"]
 
 EXTRA_PREFIXES = ("EPF_extractor.scale_embedding.", "refiner.", "matcher.")
 _COUNTER_INDICES = (0, 3, 6, 9, 12)
+
+# Model sizes by converter name (SegThenCount attributes; the paper's are
+# the class defaults; the tiny one is configs' ``smoke=True`` model).
+SIZES = {
+    "seg_then_count": {},
+    "seg_then_count_tiny": dict(stage_sizes=(1, 1, 1), width=8, proj_dim=16,
+                                exemplar_size=32, head_widths=(8, 8, 8, 8)),
+}
 
 
 def base_counter_rules(model) -> list[tc.Rule]:
@@ -92,3 +115,9 @@ def convert_base_counter(state_dict, *, name: str = "checkpoint",
   ignore = EXTRA_PREFIXES if ignore_extra else ()
   return tc.apply_rules(state_dict, base_counter_rules(model), abstract,
                         ignore=ignore, name=name)
+
+
+# Name -> fn(state_dict, name=..., **attributes) for
+# ``counting_jax.convert.convert_checkpoint`` / ``counting-jax convert``.
+CONVERTERS = {name: functools.partial(convert_base_counter, **kwargs)
+              for name, kwargs in SIZES.items()}

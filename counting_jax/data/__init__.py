@@ -36,6 +36,7 @@ from counting_jax.data import vgg_cells
 from counting_jax.data.builders.vgg_cells import VggCells
 from counting_jax.data.builders.carpk import Carpk
 from counting_jax.data.builders.dot_folder import DotFolder
+from counting_jax.data.builders.exemplar_folder import ExemplarFolder
 from counting_jax.data.builders.fsc147 import Fsc147
 from counting_jax.data.builders.fsc147_s import Fsc147S
 from counting_jax.data.builders.fsc147_synthetic import Fsc147Synthetic
@@ -57,6 +58,7 @@ DATASETS = {
     "fsc147_s": (Fsc147S, None),
     "carpk": (Carpk, None),
     "dot_folder": (DotFolder, None),
+    "exemplar_folder": (ExemplarFolder, None),
 }
 
 __all__ = ["DATASETS", "builder", "load", "default_data_dir",

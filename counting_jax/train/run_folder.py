@@ -43,6 +43,7 @@ RUNTIME_FIELDS = {
 }
 RUNTIME_FIELDS["predict"] = RUNTIME_FIELDS["eval"]
 RUNTIME_FIELDS["localize"] = RUNTIME_FIELDS["eval"]
+RUNTIME_FIELDS["pseudo-masks"] = RUNTIME_FIELDS["eval"] + ("pseudo_masks",)
 
 _HEADER = '''"""Resolved config of this run, written by ``counting-jax train``.
 

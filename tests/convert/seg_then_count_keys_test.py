@@ -158,3 +158,41 @@ def test_extra_bmnet_parts_are_refused_unless_dropped(module):
   with pytest.raises(ValueError, match="scale_embedding"):
     keys.convert_base_counter(state, **TINY)
   assert keys.convert_base_counter(state, ignore_extra=True, **TINY)
+
+
+def test_counting_jax_convert_reaches_the_base_counter(module, tmp_path,
+                                                        capsys):
+  from counting_jax import convert  # pylint: disable=g-import-not-at-top
+  from counting_jax.convert import cli  # pylint: disable=g-import-not-at-top
+  state = _frozen_bn_state_dict(module)
+  path = tmp_path / "model_best.pth"
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}},
+             path)
+  assert {"seg_then_count", "seg_then_count_tiny"} <= set(
+      convert.MODEL_NAMES)
+  # The tiny size is the smoke config's; this module's head is wider.
+  rc = cli.main(["--checkpoint", str(path), "--model", "seg_then_count_tiny",
+                 "--out", str(tmp_path / "bad")])
+  assert rc == 2 and "counter/conv0/kernel" in capsys.readouterr().err
+  out = tmp_path / "converted"
+  rc = cli.main(["--checkpoint", str(path), "--model", "seg_then_count_tiny",
+                 "--out", str(out), "--set", "head_widths=(12, 10, 8, 6)"])
+  assert rc == 0, capsys.readouterr().err
+  restored = convert.load_variables(out)
+  expected = keys.convert_base_counter(state, **TINY)
+  assert jax.tree.structure(restored) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # BMNet+'s extra parts: refused, or dropped with --set ignore_extra=True.
+  state["EPF_extractor.scale_embedding.weight"] = np.zeros((20, 16),
+                                                           np.float32)
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+  args = ["--checkpoint", str(path), "--model", "seg_then_count_tiny",
+          "--set", "head_widths=(12, 10, 8, 6)"]
+  assert cli.main(args + ["--out", str(tmp_path / "x")]) == 2
+  assert "scale_embedding" in capsys.readouterr().err
+  assert cli.main(args + ["--out", str(tmp_path / "y"), "--set",
+                          "ignore_extra=True"]) == 0
+  assert cli.main(args + ["--out", str(tmp_path / "z"), "--set",
+                          "colour=1"]) == 2
+  assert "colour" in capsys.readouterr().err

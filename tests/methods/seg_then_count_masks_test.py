@@ -76,6 +76,35 @@ def test_kmeans_pp_finds_scikit_learns_two_and_three_clusters(embeddings):
     assert _same_partition(ours, ref.labels_), k
 
 
+def test_map_vmap_and_threads_agree_on_real_embeddings(embeddings):
+  # "map" (the CPU default) and "vmap" (GPU / TPU), on one host thread or
+  # with the restarts shared by two, run the same restarts from the same
+  # keys; one K per call keeps the row the same too.
+  points = embeddings["2.jpg"]
+  ks = (3, 6)
+  kw = dict(seed=3, n_init=4)
+  by_map = masks_lib.kmeans_multi(points, ks, restarts="map", threads=1,
+                                  **kw)
+  by_vmap = masks_lib.kmeans_multi(points, ks, restarts="vmap", threads=1,
+                                   **kw)
+  shared = masks_lib.kmeans_multi(points, ks, restarts="map", threads=2,
+                                  **kw)
+  assert by_map.shape == (2, len(points)) and by_map.dtype == np.int32
+  np.testing.assert_array_equal(shared, by_map)
+  for a, b, k in zip(by_map, by_vmap, ks):
+    assert _same_partition(a, b), k
+    assert set(a.tolist()) == set(range(k)), k
+  alone = masks_lib.kmeans_labels(points, 6, restarts="map", threads=2,
+                                  **kw)
+  np.testing.assert_array_equal(alone, by_map[1])
+  with pytest.raises(ValueError, match="restarts"):
+    masks_lib.kmeans_multi(points, ks, restarts="pmap")
+  with pytest.raises(ValueError, match="threads must be >= 1"):
+    masks_lib.kmeans_multi(points, ks, threads=0)
+  with pytest.raises(ValueError, match="N >= 6"):
+    masks_lib.kmeans_multi(points[:5], ks)
+
+
 def test_padding_is_zero_weight_copies_of_a_real_point():
   points = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0],
                      [50.0, 50.0]])
