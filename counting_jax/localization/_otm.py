@@ -48,7 +48,7 @@ map and the batch is vmapped. What it buys, 1024x768 image at stride 8
 (128x96 map, 6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib
 0.10.2, 2 shared cores, ``benchmarks/localization.py``, median of 5): 3.9
 s with the dense [n, K] cost matrix, 1.20 s in packed blocks of 1,024
-pixels with two exps and two max passes per pair, 0.96 s with one exp
+pixels with two exps and two max passes per pair, 0.96-1.22 s with one exp
 (side by side in one run, medians on the shared machine: 1.41-1.64 s
 against 0.93-1.14 s, a 0.66-0.69 ratio); 256x192 map
 at stride 2 with 300 points: 23.4 s -> 3.46 s -> 3.15 s. OT-M's unconverged
