@@ -31,7 +31,6 @@ in split ``test``.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
@@ -56,12 +55,7 @@ def read_annotation(path) -> dict:
       ``boxes``, has no box, or a malformed point or box.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"annotation not found: {path}")
-  try:
-    raw = json.loads(path.read_text(encoding="utf-8"))
-  except ValueError as e:
-    raise ValueError(f"{path}: not JSON: {e}") from e
+  raw = files.read_json(path, "annotation")
   if not isinstance(raw, dict) or "points" not in raw or "boxes" not in raw:
     raise ValueError(f"{path}: expected an object with 'points' [[x, y], "
                      "...] and 'boxes' [[x1, y1, x2, y2], ...]")

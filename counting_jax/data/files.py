@@ -2,13 +2,14 @@
 
 Pure functions over local files: read an image as RGB together with the bytes
 a builder stores, find a data set's folder among the names mirrors use, read
-MATLAB arrays, and bring annotation points that overshoot the image border by
+MATLAB arrays and JSON files, and bring annotation points that overshoot the image border by
 less than a pixel back inside it (counted, never dropped).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import pathlib
 
@@ -19,7 +20,7 @@ from PIL import Image
 from counting_jax.data import features as features_lib
 
 __all__ = ["read_rgb", "read_image", "find_dir", "find_file", "find_file_below",
-           "load_mat",
+           "load_mat", "read_json",
            "clip_points", "example_from", "BORDER_TOLERANCE"]
 
 # Points at most this far (input pixels) outside [0, W] x [0, H] are official
@@ -141,6 +142,26 @@ def find_file(folder, stem: str, suffixes) -> pathlib.Path:
         return path
   raise FileNotFoundError(f"no file {stem}{{{','.join(suffixes)}}} in "
                           f"{folder}")
+
+
+def read_json(path, what: str = "JSON file"):
+  """The parsed JSON of ``path``.
+
+  Args:
+    path: the file.
+    what: what the file is, for the error message (e.g. "FSC-147 file").
+
+  Raises:
+    FileNotFoundError: naming ``what`` and ``path`` when it is missing.
+    ValueError: naming ``path`` when it is not valid JSON.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{what} not found: {path}")
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except ValueError as e:
+    raise ValueError(f"cannot parse {path} as JSON: {e}") from e
 
 
 def load_mat(path) -> dict:

@@ -34,7 +34,6 @@ in the annotation file are ignored.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
@@ -78,13 +77,7 @@ def find_files(manual_dir) -> dict[str, pathlib.Path | None]:
 
 
 def _read_json(path):
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"FSC-147 file not found: {path}")
-  try:
-    return json.loads(path.read_text())
-  except ValueError as e:
-    raise ValueError(f"cannot parse {path}: {e}") from e
+  return files.read_json(path, "FSC-147 file")
 
 
 def _corners_to_box(corners, where) -> list[float]:

@@ -22,7 +22,6 @@ as on FSC-147 (``counting_jax.train.t2icount_tiling``).
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
@@ -49,12 +48,7 @@ def read_subset(path) -> dict[str, tuple[str, int]]:
       non-negative integer count, or a file that is not such a json object.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"FSC-147-S file not found: {path}")
-  try:
-    raw = json.loads(path.read_text(encoding="utf-8"))
-  except ValueError as e:
-    raise ValueError(f"{path}: not valid json: {e}") from e
+  raw = files.read_json(path, "FSC-147-S file")
   if not isinstance(raw, dict):
     raise ValueError(f"{path}: expected a json object of images, got "
                      f"{type(raw).__name__}")
