@@ -1,5 +1,5 @@
-"""Shared pytest fixtures: ``rng``, ``shared_data``, ``fsc147_release`` and
-``kill_and_resume``."""
+"""Shared pytest fixtures: ``rng``, ``shared_data``, ``official_values``,
+``fsc147_release`` and ``kill_and_resume``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -46,6 +47,20 @@ def shared_data(shared_dir):
 
   return get
 
+
+
+@pytest.fixture(scope="session")
+def official_values(shared_dir):
+  """``official_values(name)`` -> the ``np.load`` of
+  ``../shared/reference/official_values/<name>.npz``, skipping when absent."""
+
+  def get(name: str):
+    path = shared_dir / "reference" / "official_values" / f"{name}.npz"
+    if not path.is_file():
+      pytest.skip(f"{path} not found")
+    return np.load(path)
+
+  return get
 
 # FSC-147: ``annotation_FSC147_384.json`` itself is not available; the
 # release is written in its official schema from SAFECount's converted test

@@ -77,13 +77,10 @@ def test_nwpu_metric_on_real_prediction_files(nwpu_eval, name):
   assert r["counting"]["nae"] == pytest.approx(nae, abs=5e-4)
 
 
-def test_nwpu_metric_matches_official_pairs(shared_dir):
+def test_nwpu_metric_matches_official_pairs(official_values):
   """nwpu_loc.npz: per image TP/FP/FN, per-level counts and the official
   matched pairs (which maximum matching) at both sigmas; data-set values."""
-  path = shared_dir / "reference" / "official_values" / "nwpu_loc.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  z = np.load(path)
+  z = official_values("nwpu_loc")
   ids = [int(i) for i in z["image_ids"]]
   gt, pred = {}, {}
   for i in ids:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="session")
-def otm_ref(shared_dir):
+def otm_ref(official_values):
   """``official_values/otm.npz``: official OT-M and STEERER outputs."""
-  path = shared_dir / "reference" / "official_values" / "otm.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  return dict(np.load(path))
+  return dict(official_values("otm"))

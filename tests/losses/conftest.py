@@ -7,16 +7,13 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def official_cases(shared_dir):
+def official_cases(official_values):
   """``official_cases(name, extra=False)`` -> (npz, meta, case names, points
   f32[B, N, 2] padded with zeros, point_mask bool[B, N]) of ``<name>.npz``;
   ``extra`` adds ``meta["extra_cases"]``. Skips when the file is absent."""
 
   def load(name: str, extra: bool = False):
-    path = shared_dir / "reference" / "official_values" / f"{name}.npz"
-    if not path.exists():
-      pytest.skip(f"{path} not found")
-    z = np.load(path)
+    z = official_values(name)
     meta = json.loads(str(z["meta_json"]))
     names = meta["cases"] + (meta["extra_cases"] if extra else [])
     n = max(len(z[f"{c}/points"]) for c in names)

@@ -17,11 +17,8 @@ RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def official(shared_dir):
-  path = shared_dir / "reference" / "official_values" / "t2icount.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  return np.load(path)
+def official(official_values):
+  return official_values("t2icount")
 
 
 def inputs(z, cases):

@@ -13,11 +13,8 @@ from counting_jax.methods import mprompt_loss as ml
 
 
 @pytest.fixture(scope="module")
-def ref(shared_dir):
-  path = shared_dir / "reference" / "official_values" / "mprompt.npz"
-  if not path.is_file():
-    pytest.skip(f"{path} not found")
-  return np.load(path)
+def ref(official_values):
+  return official_values("mprompt")
 
 
 def _inputs(ref):

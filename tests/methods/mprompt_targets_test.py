@@ -14,11 +14,8 @@ CASES = ("sha4_upscaled", "sha1", "shb2", "sha8_dense", "shb1_3points")
 
 
 @pytest.fixture(scope="module")
-def ref(shared_dir):
-  path = shared_dir / "reference" / "official_values" / "mprompt.npz"
-  if not path.is_file():
-    pytest.skip(f"{path} not found")
-  return np.load(path)
+def ref(official_values):
+  return official_values("mprompt")
 
 
 def _targets(ref, case):

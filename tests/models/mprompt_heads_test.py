@@ -19,11 +19,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def run(shared_dir):
-  path = shared_dir / "reference" / "official_values" / "mprompt.npz"
-  if not path.is_file():
-    pytest.skip(f"{path} not found")
-  ref = np.load(path)
+def run(official_values):
+  ref = official_values("mprompt")
   sd = {k[len("heads/sd/"):]: ref[k] for k in ref.files
         if k.startswith("heads/sd/")}
   heads = mprompt.MPromptHeads()

@@ -37,11 +37,8 @@ def recipe_state_dict(z) -> dict:
 
 
 @pytest.fixture(scope="module")
-def official(shared_dir):
-  path = shared_dir / "reference" / "official_values" / "t2icount.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  return np.load(path)
+def official(official_values):
+  return official_values("t2icount")
 
 
 def nhwc(a):

@@ -12,11 +12,8 @@ from counting_jax.text import clip_tokenizer as ct
 
 
 @pytest.fixture(scope="module")
-def tokens(shared_dir):
-  path = shared_dir / "reference" / "official_values" / "t2icount.npz"
-  if not path.exists():
-    pytest.skip(f"{path} not found")
-  z = np.load(path)
+def tokens(official_values):
+  z = official_values("t2icount")
   return {k[len("tokens/"):]: z[k] for k in z.files if k.startswith("tokens/")}
 
 
