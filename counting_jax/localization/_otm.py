@@ -29,32 +29,48 @@ express (it changes ε between ordinary Sinkhorn iterations); this module
 reuses the library's GeomLoss ε list (:func:`counting_jax.ot.epsilon_schedule`)
 and pixel grid, and runs the softmins itself in the log domain.
 
-How it runs (each OT step the same to float32 rounding whatever ``block``;
-see the end of this paragraph for whole runs): the
-pixels with mass are packed first and visited in blocks of ``block``
-pixels, the costs computed per block and never stored, and only the blocks
-holding mass are visited. Each pass takes one exp per pair: both
-log-sum-exps are shifted by the old potentials instead of their maxima,
-E_ij = exp((F_i + G_j - C_ij) / ε), F~_i = F_i - ε log sum_j E_ij,
-G~_j = G_j - ε log sum_i a_i E_ij (no max pass, one exp serving both
-softmins); every sum is checked to lie in [e^-60, e^60], where this equals
-the max-shifted form to float32 rounding, and an OT step where one does
-not is redone with max-shifted passes (never taken on the test and
-benchmark maps). The default block on CPU keeps each block's [block, K]
-temporaries in cache (1,024 pixels for K = 1,000) and the maps of a batch
-run one after the other (vmapped, XLA:CPU ran the one-exp passes 2.4x
-slower: 2.8 s against 1.15 s per map); elsewhere one block holds the whole
-map and the batch is vmapped. What it buys, 1024x768 image at stride 8
-(128x96 map, 6,784 pixels with mass) with 1,000 points, XLA:CPU (jaxlib
-0.10.2, 2 shared cores, ``benchmarks/localization.py``, median of 5): 3.9
-s with the dense [n, K] cost matrix, 1.20 s in packed blocks of 1,024
-pixels with two exps and two max passes per pair, 0.96-1.22 s with one exp
-(side by side in one run, medians on the shared machine: 1.41-1.64 s
-against 0.93-1.14 s, a 0.66-0.69 ratio); 256x192 map
-at stride 2 with 300 points: 23.4 s -> 3.46 s -> 3.15 s. OT-M's unconverged
-ε = 0.01 solve amplifies rounding differences on a few points: the block
-size moves 6 of 300 points by more than 0.5 px (one by 11 px) on the
-300-point map above, and 1 of 1,000 by 0.9 px.
+How it runs (each OT step the same to float32 rounding whatever ``block``
+and ``separable``; see the end of this paragraph for whole runs):
+
+* Separable passes (``separable``, default on CPU for large maps): the
+  cost is a sum of an x part and a y part on the pixel grid, so a pass's
+  two log-sum-exps are two matrix products ([h, K] x [K, w] and
+  [h, w] x [w, K]) of factors stabilised per row, column and point, with
+  (h + w) K exps instead of one per pixel-point pair
+  (:func:`_softmins_separable`). It holds while ε is large against the
+  squared pixel-to-point offsets; each pass checks its sums, and from the
+  first one that fails (ε ~ 1-3 on ShanghaiTech-like maps, i.e. after ~36
+  of ~55 passes) the OT step continues with the one-exp passes.
+* One-exp passes: the pixels with mass are packed first and visited in
+  blocks of ``block`` pixels, the costs computed per block and never
+  stored, and only the blocks holding mass are visited. Each pass takes one
+  exp per pair: both log-sum-exps are shifted by the old potentials instead
+  of their maxima, E_ij = exp((F_i + G_j - C_ij) / ε), F~_i = F_i - ε log
+  sum_j E_ij, G~_j = G_j - ε log sum_i a_i E_ij (no max pass, one exp
+  serving both softmins); every sum is checked to lie in [e^-60, e^60],
+  where this equals the max-shifted form to float32 rounding, and an OT
+  step where one does not is redone with max-shifted passes (never taken
+  on the test and benchmark maps).
+* The default block on CPU keeps each block's [block, K] temporaries in
+  cache (1,024 pixels for K = 1,000) and the maps of a batch run one after
+  the other (vmapped, XLA:CPU ran the one-exp passes 2.4x slower: 2.8 s
+  against 1.15 s per map); elsewhere one block holds the whole map, the
+  batch is vmapped and the separable passes are off (under vmap their
+  per-pass ``cond`` would run both branches; ``separable=True`` turns them
+  on).
+
+What it buys, 1024x768 image at stride 8 (128x96 map, 6,784 pixels with
+mass) with 1,000 points, XLA:CPU (jaxlib 0.10.2, 2 shared cores,
+``benchmarks/localization.py --only otm``, median of 5): 3.9 s with the
+dense [n, K] cost matrix; 1.20 s in packed blocks of 1,024 pixels with two
+exps and two max passes per pair; 0.83-1.22 s with one exp; 0.41 s with
+the separable passes (0.83 s without them in the same run, 2.40 s for the
+official algorithm as written). 256x192 map at stride 2 with 300 points:
+23.4 s -> 3.46 s -> 2.61 s -> 1.18 s. OT-M's unconverged ε = 0.01 solve
+amplifies rounding differences on a few points: on the 1,000-point map
+the default and the official algorithm as written differ by more than
+0.1 px on 8 points and by at most 1.4 px (one point); on the 300-point
+map by at most 0.05 px.
 
 Differences from the official code, all documented at the argument:
 * the output is (x, y), not (row, col);
@@ -180,14 +196,88 @@ def _softmins_scaled(xs, a, f, pts, g, eps, n_blocks, cost_scale, point_ok):
   return f_new, jnp.where(point_ok, g - eps * jnp.log(col), g), ok
 
 
-def _solve_blocked(xs, log_a, n_blocks, pts, *, log_b, cost_scale, blur,
-                   scaling, min_diameter, max_steps):
+# Smallest scaled sum accepted by the separable pass (below): every factor
+# is <= 1, so what underflows is < e^-87 per term, at most max(K, h w) terms;
+# against a sum >= e^-50 that is < 1e-9 relative up to 10^6 terms.
+_SEP_LOG_MIN = 50.0
+
+
+def _softmins_separable(grid, f, pts, g, eps, cost_scale, point_ok):
+  """Both softmins of :func:`_softmins_scaled` as two matrix products over
+  the whole pixel grid; (f~, g~, ok), ok False when a sum left its range.
+
+  The cost is separable on the pixel grid, C_(r,c),j = Dy_rj + Dx_cj with
+  Dy_rj = s (y_r - y_j)^2 and Dx_cj = s (x_c - x_j)^2, so
+  f~_rc = -eps log sum_j exp((g_j - Dy_rj - Dx_cj) / eps)
+        = beta_c - alpha_r - eps log T_rc,  T = Ky Kx^T  ([h, K] x [K, w]),
+  Ky_rj = exp((g_j - Dy_rj - alpha_r) / eps), alpha_r = max_j (g_j - Dy_rj),
+  Kx_cj = exp((beta_c - Dx_cj) / eps),        beta_c = min_j Dx_cj,
+  and with z_rc = f_rc + eps log a_rc, omega_r = max_c z_rc,
+  g~_j = beta'_j - mu_j - eps log sum_r Sy_rj M_rj,  M = W Kx'  ([h, w] x
+  [w, K]), W_rc = exp((z_rc - omega_r) / eps), Kx'_cj = exp((beta'_j -
+  Dx_cj) / eps), beta'_j = min_c Dx_cj, Sy_rj = exp((omega_r - Dy_rj -
+  mu_j) / eps), mu_j = max_r (omega_r - Dy_rj). About h w K multiply-adds
+  and (h + w) K exps instead of one exp per pixel-point pair.
+
+  Every factor is <= 1 (no overflow); a factor or product that underflows
+  is < e^-87. The shifts keep the dominant term of each sum at least
+  exp(-2 Dx / eps) for the x-offset Dx between a pixel and its dominant
+  point, so the pass holds while eps is large against the squared offsets
+  (on ShanghaiTech-like maps: the first ~36 of ~55 passes, down to eps ~ 1)
+  and fails at small eps; ``ok`` is False when some T_rc of a pixel with
+  mass or some sum of a point is below e^-50 (the caller then takes the
+  one-exp pass).
+
+  grid: (x_c float32 [w], y_r float32 [h], log_a float32 [h, w] (-inf: no
+  mass)); f float32 [h, w] (pixels without mass keep theirs); pts [K, 2],
+  g [K], point_ok bool [K].
+  """
+  xc, yr, log_a = grid
+  has = jnp.isfinite(log_a)
+  inv = 1.0 / eps
+  highest = jax.lax.Precision.HIGHEST
+  dx = xc[:, None] - pts[None, :, 0]
+  dy = yr[:, None] - pts[None, :, 1]
+  dx2, dy2 = dx * dx * cost_scale, dy * dy * cost_scale  # [w, K], [h, K]
+  lo = jnp.exp(-_SEP_LOG_MIN)
+
+  zy = jnp.where(point_ok, g, -jnp.inf)[None, :] - dy2
+  alpha = jnp.max(zy, axis=1)
+  ky = jnp.exp((zy - alpha[:, None]) * inv)
+  dxv = jnp.where(point_ok[None, :], dx2, jnp.inf)
+  beta = jnp.min(dxv, axis=1)
+  kx = jnp.exp((beta[:, None] - dxv) * inv)
+  t = jnp.dot(ky, kx.T, precision=highest)
+  f_new = jnp.where(has, beta[None, :] - alpha[:, None] - eps * jnp.log(t), f)
+  ok = jnp.all(~has | (t >= lo))
+
+  z = jnp.where(has, f + eps * log_a, -jnp.inf)
+  omega = jnp.max(z, axis=1)
+  w = jnp.exp((z - jnp.where(jnp.isfinite(omega), omega, 0.0)[:, None])
+              * inv)
+  beta2 = jnp.min(dx2, axis=0)
+  m = jnp.dot(w, jnp.exp((beta2[None, :] - dx2) * inv), precision=highest)
+  zz = omega[:, None] - dy2
+  mu = jnp.max(zz, axis=0)
+  col = jnp.sum(jnp.exp((zz - mu[None, :]) * inv) * m, axis=0)
+  g_new = jnp.where(point_ok, beta2 - mu - eps * jnp.log(col), g)
+  ok = ok & jnp.all(~point_ok | (col >= lo))
+  return f_new, g_new, ok
+
+
+def _solve_blocked(xs, log_a, n_blocks, grid, order, pts, *, log_b,
+                   cost_scale, blur, scaling, min_diameter, max_steps,
+                   separable):
   """One OT step: potentials by ε-scaling, then the barycentres [k, 2].
 
   xs float32 [nb, block, 2] pixel centres and log_a [nb, block] their log
   masses (-inf: no mass), pixels with mass first; only the first
   ``n_blocks`` blocks are visited. D = max(min_diameter, max C) over the
-  pairs with mass.
+  pairs with mass. ``grid`` is the map as :func:`_softmins_separable` takes
+  it and ``order`` int32 [nb * block] the grid index of each packed pixel
+  (h * w for padding); with ``separable``, each ε pass is tried as
+  :func:`_softmins_separable` until one fails its check, the rest (and
+  that one) run as :func:`_softmins_scaled`.
   """
   point_ok = jnp.isfinite(log_b)
 
@@ -203,27 +293,50 @@ def _solve_blocked(xs, log_a, n_blocks, pts, *, log_b, cost_scale, blur,
   eps_list, length = ot.epsilon_schedule(diam, blur=blur, scaling=scaling,
                                          max_steps=max_steps)
 
-  def potentials(fast):
-    """(F, G, ok) of the ε-scaling; ``fast``: the one-exp passes, ok False
-    when one of them left its range; else the max-shifted passes."""
-    def softmins(f, g, eps):
-      if fast:
-        return _softmins_scaled(xs, a, f, pts, g, eps, n_blocks, cost_scale,
-                                point_ok)
-      return (*_softmins_blocked(xs, log_a, f, pts, log_b, g, eps, n_blocks,
-                                 cost_scale), True)
+  size = grid[2].size
+  has = jnp.isfinite(log_a)
 
-    f, g, ok = softmins(jnp.zeros(log_a.shape, jnp.float32),
-                        jnp.zeros(log_b.shape, jnp.float32), eps_list[0])
+  def one_exp(f, g, eps):
+    return _softmins_scaled(xs, a, f, pts, g, eps, n_blocks, cost_scale,
+                            point_ok)
+
+  def try_separable(f, g, eps):
+    """(f~, g~, ok, separable ok): the separable pass where it holds, else
+    the one-exp pass."""
+    f_grid = jnp.zeros(size + 1, jnp.float32).at[order].set(f.reshape(-1))
+    fs, gs, sep_ok = _softmins_separable(
+        grid, f_grid[:size].reshape(grid[2].shape), pts, g, eps, cost_scale,
+        point_ok)
+    fs = jnp.concatenate([fs.reshape(-1), jnp.zeros(1, jnp.float32)])
+    fs = jnp.where(has, fs[order].reshape(f.shape), f)
+    return jax.lax.cond(sep_ok, lambda: (fs, gs, jnp.asarray(True), sep_ok),
+                        lambda: (*one_exp(f, g, eps), sep_ok))
+
+  def potentials(fast):
+    """(F, G, ok) of the ε-scaling; ``fast``: the separable and one-exp
+    passes, ok False when a one-exp pass left its range; else the
+    max-shifted passes."""
+    def softmins(f, g, eps, sep):
+      if not fast:
+        return (*_softmins_blocked(xs, log_a, f, pts, log_b, g, eps,
+                                   n_blocks, cost_scale), True, sep)
+      if not separable:
+        return (*one_exp(f, g, eps), sep)
+      return jax.lax.cond(sep, try_separable,
+                          lambda *args: (*one_exp(*args), sep), f, g, eps)
+
+    f, g, ok, sep = softmins(jnp.zeros(log_a.shape, jnp.float32),
+                             jnp.zeros(log_b.shape, jnp.float32),
+                             eps_list[0], jnp.asarray(True))
 
     def body(state):
-      i, f, g, ok = state
-      ft, gt, ok_t = softmins(f, g, eps_list[i])
-      return i + 1, 0.5 * (f + ft), 0.5 * (g + gt), ok & ok_t
+      i, f, g, ok, sep = state
+      ft, gt, ok_t, sep = softmins(f, g, eps_list[i], sep)
+      return i + 1, 0.5 * (f + ft), 0.5 * (g + gt), ok & ok_t, sep
 
-    _, f, g, ok = jax.lax.while_loop(lambda s: s[0] < length, body,
-                                     (0, f, g, ok))
-    ft, gt, ok_t = softmins(f, g, blur)
+    _, f, g, ok, sep = jax.lax.while_loop(lambda s: s[0] < length, body,
+                                          (0, f, g, ok, sep))
+    ft, gt, ok_t, _ = softmins(f, g, blur, sep)
     return ft, gt, ok & ok_t
 
   a = jnp.exp(log_a)
@@ -273,7 +386,7 @@ def _init_points(density, num, key, stride, k_max):
 
 def _ot_m_single(density, key, init, *, stride, k_max, offset, max_iter,
                  blur, scaling, cost_scale, min_diameter, max_steps,
-                 has_init, block):
+                 has_init, block, separable):
   h, w = density.shape
   density = density.astype(jnp.float32)
   total = density.sum()
@@ -303,10 +416,12 @@ def _ot_m_single(density, key, init, *, stride, k_max, offset, max_iter,
   la = jnp.pad(log_a[order], (0, pad), constant_values=-jnp.inf)
   la = la.reshape(n_blocks_max, block)
   n_blocks = (src_mask.sum() + block - 1) // block
+  grid = (src[:w, 0], src[::w, 1], log_a.reshape(h, w))
+  order = jnp.pad(order, (0, pad), constant_values=n)
   solve = functools.partial(
-      _solve_blocked, xs, la, n_blocks, log_b=log_b, cost_scale=cost_scale,
-      blur=blur, scaling=scaling, min_diameter=min_diameter,
-      max_steps=max_steps)
+      _solve_blocked, xs, la, n_blocks, grid, order, log_b=log_b,
+      cost_scale=cost_scale, blur=blur, scaling=scaling,
+      min_diameter=min_diameter, max_steps=max_steps, separable=separable)
   nvalid = jnp.maximum(num, 1).astype(jnp.float32)
 
   def body(state):
@@ -327,12 +442,13 @@ def _ot_m_single(density, key, init, *, stride, k_max, offset, max_iter,
 
 @functools.partial(jax.jit, static_argnames=(
     "stride", "max_points", "max_iter", "blur", "scaling", "cost_scale",
-    "min_diameter", "center_offset", "max_steps", "block"))
+    "min_diameter", "center_offset", "max_steps", "block", "separable"))
 def ot_m(density, *, stride: float, max_points: int = 1024, key=None,
          init_points=None, max_iter: int = 16, blur: float = 0.01,
          scaling: float = 0.75, cost_scale: float = 1.0 / 64.0,
          min_diameter: float = 8.0, center_offset: float | None = None,
-         max_steps: int = 96, block: int | None = None) -> Localization:
+         max_steps: int = 96, block: int | None = None,
+         separable: bool | None = None) -> Localization:
   """OT-M localization of a batch of density maps.
 
   Args:
@@ -367,6 +483,13 @@ def ot_m(density, *, stride: float, max_points: int = 1024, key=None,
       to float32 rounding); default on CPU
       ``counting_jax.ot.pixel_block(h * w, K)`` (1,024 for K = 1,000),
       elsewhere the whole map.
+    separable: run the large-ε passes as two matrix products over the
+      pixel grid (the cost is separable in x and y) instead of one exp per
+      pixel-point pair, as long as their range check holds (speed only: the
+      same values to float32 rounding); default on CPU when h w K > 2^20,
+      where it makes the 1024x768 / 1,000-point benchmark map 2x faster
+      (0.41 s against 0.83 s); elsewhere off (under vmap its per-pass
+      ``cond`` would run both branches).
 
   Returns:
     :class:`Localization`: points [B, K, 2] (x, y) in input pixels, mask
@@ -400,11 +523,16 @@ def ot_m(density, *, stride: float, max_points: int = 1024, key=None,
     block = ot.pixel_block(n, max_points) if cpu else n
   if block < 1:
     raise ValueError(f"block must be >= 1, got {block}")
+  if separable is None:
+    # CPU only, and only where a pass is large (more than 2^20 pixel-point
+    # pairs): at 64x64 with 100 points the separable passes' fixed costs
+    # made OT-M 0.06 s against 0.03 s.
+    separable = cpu and n * max_points > 2**20
   single = functools.partial(
       _ot_m_single, stride=stride, k_max=max_points, offset=offset,
       max_iter=max_iter, blur=blur, scaling=scaling, cost_scale=cost_scale,
       min_diameter=min_diameter, max_steps=max_steps, has_init=has_init,
-      block=min(block, n))
+      block=min(block, n), separable=separable)
   args = (density, keys, init_points)
   if cpu:
     # CPU only: one map after the other. Under vmap XLA:CPU runs the

@@ -94,9 +94,11 @@ def test_recovers_points_from_gaussian_maps(shared_data):
     assert m["f1"] >= 0.9, (stride, m)
 
 
-def test_batch_equals_single_maps(otm_ref):
+@pytest.mark.parametrize("separable", [None, True])
+def test_batch_equals_single_maps(otm_ref, separable):
   """Two maps of different counts in one batch (K = the larger count, the
-  smaller one padded) give the points of each map run alone."""
+  smaller one padded) give the points of each map run alone, also through
+  the separable passes (padded points)."""
   cases = ["b20_blur_s8", "a1_blur_s8"]
   k = max(int(otm_ref[f"{c}/num"]) for c in cases)
   maps = np.stack([otm_ref[f"{c}/density"] for c in cases])
@@ -104,7 +106,8 @@ def test_batch_equals_single_maps(otm_ref):
   for b, c in enumerate(cases):
     pts = otm_ref[f"{c}/init_points"][:, ::-1]
     init[b, :len(pts)] = pts
-  out = ot_m(maps, stride=8, max_points=k, init_points=init)
+  out = ot_m(maps, stride=8, max_points=k, init_points=init,
+             separable=separable)
   for b, c in enumerate(cases):
     n = int(otm_ref[f"{c}/num"])
     alone = _run(otm_ref, c, otm_ref[f"{c}/init_points"][:, ::-1])
@@ -174,3 +177,61 @@ def test_off_cpu_path_agrees(otm_ref, monkeypatch):
   np.testing.assert_array_equal(np.asarray(cpu.mask), np.asarray(other.mask))
   np.testing.assert_allclose(np.asarray(cpu.points), np.asarray(other.points),
                              atol=0.05)
+
+
+def test_separable_pass_equals_max_shifted_pass(otm_ref):
+  """The separable pass (two matrix products over the grid) gives the
+  softmins of the max-shifted pass to float32 rounding of the potentials'
+  scale, from zero and from annealed potentials, and reports failure at
+  ε = 0.01 (where its factors underflow) instead of returning a value."""
+  from counting_jax import ot
+  from counting_jax.localization import _otm
+  case = "official_real_s8"
+  density = otm_ref[f"{case}/density"].astype(np.float32)
+  k = int(otm_ref[f"{case}/num"])
+  stride = float(otm_ref[f"{case}/scale_factor"])
+  h, w = density.shape
+  a = density.reshape(-1) * k / density.sum()
+  mass = a > 1e-12
+  log_a = np.where(mass, np.log(np.where(mass, a, 1.0)), -np.inf)
+  log_a = log_a.astype(np.float32)
+  src = np.asarray(ot.pixel_centers(h, w, stride=stride))
+  pts = (otm_ref[f"{case}/init_points"][:, ::-1] + 0.5).astype(np.float32)
+  grid = (src[:w, 0], src[::w, 1], log_a.reshape(h, w))
+  f, g = np.zeros(h * w, np.float32), np.zeros(k, np.float32)
+  for eps in (2000.0, 100.0, 10.0):
+    f_ref, g_ref = _otm._softmins_blocked(
+        src[None], log_a[None], f[None], pts, np.zeros(k, np.float32), g,
+        eps, 1, 1 / 64)
+    f_ref, g_ref = np.asarray(f_ref).reshape(-1), np.asarray(g_ref)
+    f_sep, g_sep, ok = _otm._softmins_separable(
+        grid, f.reshape(h, w), pts, g, eps, 1 / 64, np.ones(k, bool))
+    assert bool(ok), eps
+    scale = np.abs(f_ref[mass]).max()
+    np.testing.assert_allclose(np.asarray(f_sep).reshape(-1)[mass],
+                               f_ref[mass], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(np.asarray(g_sep), g_ref, rtol=0,
+                               atol=1e-6 * np.abs(g_ref).max())
+    f = np.where(mass, 0.5 * (f + f_ref), f).astype(np.float32)
+    g = (0.5 * (g + g_ref)).astype(np.float32)
+  _, _, ok = _otm._softmins_separable(grid, f.reshape(h, w), pts, g, 0.01,
+                                      1 / 64, np.ones(k, bool))
+  assert not bool(ok)
+
+
+def test_separable_passes_agree(otm_ref):
+  """OT-M with and without the separable passes (the CPU default and the
+  default elsewhere): both give the official points, and they differ
+  (so the separable passes did run) only by float32 noise."""
+  case = "official_real_s8"
+  k = int(otm_ref[f"{case}/num"])
+  init = otm_ref[f"{case}/init_points"][:, ::-1][None].astype(np.float32)
+  ref = otm_ref[f"{case}/points"][:, ::-1]
+  out = {sep: np.asarray(ot_m(otm_ref[f"{case}/density"][None], stride=8,
+                              max_points=k, init_points=init,
+                              separable=sep).points[0])
+         for sep in (False, True)}
+  for sep, points in out.items():
+    np.testing.assert_allclose(points, ref, atol=0.1, err_msg=f"{sep}")
+  assert not np.array_equal(out[False], out[True])
+  np.testing.assert_allclose(out[True], out[False], atol=0.15)
