@@ -161,8 +161,8 @@ def bench_otm(shared, repeats, skip_reference):
   print("  default = this backend's path (CPU: separable large-ε passes,")
   print("  packed blocks of pixels with mass); one-exp = the same without the")
   print("  separable passes; official-style = the whole map in one block (the")
-  print("  official algorithm as written, dense, every pixel); max |diff| in px")
-  print("  between default and official-style")
+  print("  official algorithm as written, dense, every pixel); max |diff|:")
+  print("  px between default and official-style")
   print(f"{'image':>10}{'stride':>8}{'map':>10}{'points':>8}"
         f"{'default':>10}{'one-exp':>10}{'official-style':>16}"
         f"{'max|diff|':>11}")

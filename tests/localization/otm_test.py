@@ -219,15 +219,17 @@ def test_separable_pass_equals_max_shifted_pass(otm_ref):
   assert not bool(ok)
 
 
-def test_separable_passes_agree(otm_ref):
-  """OT-M with and without the separable passes (the CPU default and the
-  default elsewhere): both give the official points, and they differ
-  (so the separable passes did run) only by float32 noise."""
-  case = "official_real_s8"
+@pytest.mark.parametrize("case", ["official_real_s8", "a1_noisy_s8"])
+def test_separable_passes_agree(otm_ref, case):
+  """OT-M with and without the separable passes (the CPU default for large
+  maps and the default elsewhere), on a real model's map and on a map with
+  noise everywhere: both give the official points, and they differ (so the
+  separable passes did run) only by float32 noise."""
   k = int(otm_ref[f"{case}/num"])
   init = otm_ref[f"{case}/init_points"][:, ::-1][None].astype(np.float32)
   ref = otm_ref[f"{case}/points"][:, ::-1]
-  out = {sep: np.asarray(ot_m(otm_ref[f"{case}/density"][None], stride=8,
+  stride = float(otm_ref[f"{case}/scale_factor"])
+  out = {sep: np.asarray(ot_m(otm_ref[f"{case}/density"][None], stride=stride,
                               max_points=k, init_points=init,
                               separable=sep).points[0])
          for sep in (False, True)}
