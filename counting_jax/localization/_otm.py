@@ -63,9 +63,9 @@ What it buys, 1024x768 image at stride 8 (128x96 map, 6,784 pixels with
 mass) with 1,000 points, XLA:CPU (jaxlib 0.10.2, 2 shared cores,
 ``benchmarks/localization.py --only otm``, median of 5): 3.9 s with the
 dense [n, K] cost matrix; 1.20 s in packed blocks of 1,024 pixels with two
-exps and two max passes per pair; 0.83-1.22 s with one exp; 0.41 s with
-the separable passes (0.83 s without them in the same run, 2.40 s for the
-official algorithm as written). 256x192 map at stride 2 with 300 points:
+exps and two max passes per pair; 0.83-1.22 s with one exp; 0.41-0.73 s
+with the separable passes (three runs; 0.83-1.38 s without them in the
+same runs, 2.28-2.40 s for the official algorithm as written). 256x192 map at stride 2 with 300 points:
 23.4 s -> 3.46 s -> 2.61 s -> 1.18 s. OT-M's unconverged ε = 0.01 solve
 amplifies rounding differences on a few points: on the 1,000-point map
 the default and the official algorithm as written differ by more than
