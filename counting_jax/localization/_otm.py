@@ -65,12 +65,12 @@ mass) with 1,000 points, XLA:CPU (jaxlib 0.10.2, 2 shared cores,
 dense [n, K] cost matrix; 1.20 s in packed blocks of 1,024 pixels with two
 exps and two max passes per pair; 0.83-1.22 s with one exp; 0.41-0.73 s
 with the separable passes (three runs; 0.83-1.38 s without them in the
-same runs, 2.28-2.40 s for the official algorithm as written). 256x192 map at stride 2 with 300 points:
-23.4 s -> 3.46 s -> 2.61 s -> 1.18 s. OT-M's unconverged ε = 0.01 solve
-amplifies rounding differences on a few points: on the 1,000-point map
-the default and the official algorithm as written differ by more than
-0.1 px on 8 points and by at most 1.4 px (one point); on the 300-point
-map by at most 0.05 px.
+same runs, 2.28-2.40 s for the official algorithm as written). 256x192
+map at stride 2 with 300 points: 23.4 s -> 3.46 s -> 2.61 s -> 1.18 s.
+OT-M's unconverged ε = 0.01 solve amplifies rounding differences on a few
+points: on the 1,000-point map the default and the official algorithm as
+written differ by more than 0.1 px on 8 points and by at most 1.4 px (one
+point); on the 300-point map by at most 0.05 px.
 
 Differences from the official code, all documented at the argument:
 * the output is (x, y), not (row, col);
@@ -406,18 +406,18 @@ def _ot_m_single(density, key, init, *, stride, k_max, offset, max_iter,
   else:
     pts = _init_points(density * scale, num, key, int(round(stride)), k_max)
   pts = jnp.where(pmask[:, None], pts, 0.0)
-  # Valid pixels first (stable), padded to whole blocks with no mass; only
-  # the blocks holding valid pixels are visited.
+  # Valid pixels first (stable), padded to whole blocks with no mass (grid
+  # index n: a dummy pixel at (0, 0) without mass); only the blocks holding
+  # valid pixels are visited.
   n = src.shape[0]
   n_blocks_max = -(-n // block)
-  pad = n_blocks_max * block - n
-  order = jnp.argsort(~src_mask, stable=True)
-  xs = jnp.pad(src[order], ((0, pad), (0, 0))).reshape(n_blocks_max, block, 2)
-  la = jnp.pad(log_a[order], (0, pad), constant_values=-jnp.inf)
+  order = jnp.pad(jnp.argsort(~src_mask, stable=True),
+                  (0, n_blocks_max * block - n), constant_values=n)
+  xs = jnp.pad(src, ((0, 1), (0, 0)))[order].reshape(n_blocks_max, block, 2)
+  la = jnp.pad(log_a, (0, 1), constant_values=-jnp.inf)[order]
   la = la.reshape(n_blocks_max, block)
   n_blocks = (src_mask.sum() + block - 1) // block
   grid = (src[:w, 0], src[::w, 1], log_a.reshape(h, w))
-  order = jnp.pad(order, (0, pad), constant_values=n)
   solve = functools.partial(
       _solve_blocked, xs, la, n_blocks, grid, order, log_b=log_b,
       cost_scale=cost_scale, blur=blur, scaling=scaling,

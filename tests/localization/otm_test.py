@@ -15,11 +15,25 @@ CASES = ["b20_blur_s8", "a1_blur_s8", "a1_noisy_s8", "b2_blur_s2",
          "a8_dense_s8", "b1_single_s8", "official_real_s8"]
 
 
-def _run(ref, case, init, max_iter=16):
+def _run(ref, case, init, max_iter=16, **kwargs):
   k = int(ref[f"{case}/num"])
   return ot_m(ref[f"{case}/density"][None],
               stride=float(ref[f"{case}/scale_factor"]), max_points=k,
-              init_points=init[None].astype(np.float32), max_iter=max_iter)
+              init_points=init[None].astype(np.float32), max_iter=max_iter,
+              **kwargs)
+
+
+def _two_maps(ref):
+  """(cases, maps [2, h, w], init [2, K, 2], K): two official cases of
+  different counts, K the larger, the smaller one's initial points padded."""
+  cases = ["b20_blur_s8", "a1_blur_s8"]
+  k = max(int(ref[f"{c}/num"]) for c in cases)
+  maps = np.stack([ref[f"{c}/density"] for c in cases])
+  init = np.zeros((2, k, 2), np.float32)
+  for b, c in enumerate(cases):
+    pts = ref[f"{c}/init_points"][:, ::-1]
+    init[b, :len(pts)] = pts
+  return cases, maps, init, k
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -99,13 +113,7 @@ def test_batch_equals_single_maps(otm_ref, separable):
   """Two maps of different counts in one batch (K = the larger count, the
   smaller one padded) give the points of each map run alone, also through
   the separable passes (padded points)."""
-  cases = ["b20_blur_s8", "a1_blur_s8"]
-  k = max(int(otm_ref[f"{c}/num"]) for c in cases)
-  maps = np.stack([otm_ref[f"{c}/density"] for c in cases])
-  init = np.zeros((2, k, 2), np.float32)
-  for b, c in enumerate(cases):
-    pts = otm_ref[f"{c}/init_points"][:, ::-1]
-    init[b, :len(pts)] = pts
+  cases, maps, init, k = _two_maps(otm_ref)
   out = ot_m(maps, stride=8, max_points=k, init_points=init,
              separable=separable)
   for b, c in enumerate(cases):
@@ -121,13 +129,10 @@ def test_block_sizes_agree(otm_ref, case):
   """Small packed blocks (the CPU path: 256 pixels, several blocks) and one
   block holding the whole map (the default on GPU / TPU) both give the
   official points."""
-  k = int(otm_ref[f"{case}/num"])
-  stride = float(otm_ref[f"{case}/scale_factor"])
-  init = otm_ref[f"{case}/init_points"][:, ::-1][None].astype(np.float32)
+  init = otm_ref[f"{case}/init_points"][:, ::-1]
   ref = otm_ref[f"{case}/points"][:, ::-1]
   for block in (256, 1 << 20):
-    out = ot_m(otm_ref[f"{case}/density"][None], stride=stride,
-               max_points=k, init_points=init, block=block)
+    out = _run(otm_ref, case, init, block=block)
     np.testing.assert_allclose(np.asarray(out.points[0]), ref, atol=0.1,
                                err_msg=f"block={block}")
 
@@ -160,13 +165,7 @@ def test_max_shifted_fallback_agrees(otm_ref, monkeypatch):
 def test_off_cpu_path_agrees(otm_ref, monkeypatch):
   """The default off CPU (vmap over the batch, one block) gives the points
   of the CPU default (one map after the other, packed blocks)."""
-  cases = ["b20_blur_s8", "a1_blur_s8"]
-  k = max(int(otm_ref[f"{c}/num"]) for c in cases)
-  maps = np.stack([otm_ref[f"{c}/density"] for c in cases])
-  init = np.zeros((2, k, 2), np.float32)
-  for b, c in enumerate(cases):
-    pts = otm_ref[f"{c}/init_points"][:, ::-1]
-    init[b, :len(pts)] = pts
+  _, maps, init, k = _two_maps(otm_ref)
   cpu = ot_m(maps, stride=8, max_points=k, init_points=init, block=256)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   jax.clear_caches()
@@ -225,13 +224,9 @@ def test_separable_passes_agree(otm_ref, case):
   maps and the default elsewhere), on a real model's map and on a map with
   noise everywhere: both give the official points, and they differ (so the
   separable passes did run) only by float32 noise."""
-  k = int(otm_ref[f"{case}/num"])
-  init = otm_ref[f"{case}/init_points"][:, ::-1][None].astype(np.float32)
+  init = otm_ref[f"{case}/init_points"][:, ::-1]
   ref = otm_ref[f"{case}/points"][:, ::-1]
-  stride = float(otm_ref[f"{case}/scale_factor"])
-  out = {sep: np.asarray(ot_m(otm_ref[f"{case}/density"][None], stride=stride,
-                              max_points=k, init_points=init,
-                              separable=sep).points[0])
+  out = {sep: np.asarray(_run(otm_ref, case, init, separable=sep).points[0])
          for sep in (False, True)}
   for sep, points in out.items():
     np.testing.assert_allclose(points, ref, atol=0.1, err_msg=f"{sep}")
